@@ -1,0 +1,95 @@
+"""Model adapters: how a model family tells the core what to quantize.
+
+An adapter is chosen by ``isinstance`` (:meth:`ModelAdapter.handles`), never by module-name
+substrings. It answers five questions:
+
+* :meth:`~ModelAdapter.units`: the reconstruction units (transformer blocks, optionally the
+  patch embedding or head), in forward order. Each unit is optimized alone against its
+  full-precision twin.
+* :meth:`~ModelAdapter.attention_wrappers`: for each attention class of the family, a function
+  ``(module, AttentionQuantizers) -> nn.Module`` that returns a drop-in replacement computing the
+  same thing with its matmul operands passed through the given quantizers. The replacement must
+  keep the original's child modules under the same attribute names (``qkv``, ``proj``, ...), so
+  that layer names do not change.
+* :meth:`~ModelAdapter.quantizable_layers`: the ``nn.Linear``/``nn.Conv2d`` modules to quantize
+  (default: all of them).
+* :meth:`~ModelAdapter.layernorm_consumers`: each post-LayerNorm activation as a pair
+  ``(norm, [linear, ...])`` where the norm's output feeds only those linears (scale
+  reparameterization folds into both).
+* :meth:`~ModelAdapter.run`: how to call the model on one calibration batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .errors import AdapterError
+
+AttentionWrapper = Callable[[nn.Module, nn.Module], nn.Module]
+
+
+class ModelAdapter:
+    """Base class; subclass it per model family and :func:`register_adapter` it."""
+
+    name: ClassVar[str] = "base"
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return False
+
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        raise NotImplementedError
+
+    def attention_wrappers(self) -> dict[type, AttentionWrapper]:
+        return {}
+
+    def quantizable_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+    def layernorm_consumers(self, model: nn.Module) -> list[tuple[nn.Module, list[nn.Module]]]:
+        return []
+
+    def run(self, model: nn.Module, batch: Any) -> Any:
+        return model(batch)
+
+
+_REGISTRY: list[type[ModelAdapter]] = []
+
+
+def register_adapter(cls: type[ModelAdapter]) -> type[ModelAdapter]:
+    """Class decorator: make ``cls`` available to :func:`find_adapter` (latest registered wins)."""
+    if cls not in _REGISTRY:
+        _REGISTRY.insert(0, cls)
+    return cls
+
+
+def registered_adapters() -> list[type[ModelAdapter]]:
+    return list(_REGISTRY)
+
+
+def find_adapter(model: nn.Module) -> ModelAdapter:
+    for cls in _REGISTRY:
+        if cls.handles(model):
+            return cls()
+    names = ", ".join(c.name for c in _REGISTRY) or "none"
+    raise AdapterError(
+        f"no adapter handles a model of type {type(model).__name__}; registered adapters: {names}. "
+        "Import the task package for your model family (aiqvit_vision, aiqvit_detection, aiqvit_pointcloud) "
+        "or pass adapter=... explicitly."
+    )
+
+
+def iter_attention_modules(model: nn.Module, wrappers: dict[type, AttentionWrapper]) -> Iterable[tuple[str, nn.Module]]:
+    for name, module in model.named_modules():
+        if any(isinstance(module, t) for t in wrappers):
+            yield name, module
+
+
+def wrapper_for(module: nn.Module, wrappers: dict[type, AttentionWrapper]) -> AttentionWrapper:
+    for t in type(module).__mro__:
+        if t in wrappers:
+            return wrappers[t]
+    raise AdapterError(f"no attention wrapper for {type(module).__name__}")

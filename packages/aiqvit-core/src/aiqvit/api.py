@@ -1,0 +1,252 @@
+"""The quantization pipeline: ``quantize(model, calibration_data, config)``."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import ModelAdapter
+from .calibration import calibration_mode, quantizers
+from .config import QuantConfig
+from .errors import CalibrationDataError, CheckpointError
+from .io_utils import atomic_path, write_json_atomic
+from .lowrank import LowRankBranch
+from .modules import QuantLinear, _QuantLayer
+from .prepare import get_info, prepare, quant_layers
+from .progress import progress
+from .quantizers import DynamicFocusingQuantizer
+from .reconstruction import (
+    UnitCallback,
+    attach_fixed_rank,
+    attention_quantizer_modules,
+    build_unit_data,
+    capture_unit_io,
+    reconstruct_unit,
+    search_unit_ranks,
+)
+from .reparam import reparameterize_pair
+from .safetensors_io import load_file, save_file
+
+
+@dataclass
+class QuantizationReport:
+    method: str
+    w_bits: int
+    a_bits: int
+    seconds: float = 0.0
+    ranks: dict[str, int] = field(default_factory=dict)
+    unit_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
+    dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    resumed_units: list[str] = field(default_factory=list)
+
+
+def _tensors_in(obj) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for o in obj for t in _tensors_in(o)]
+    if isinstance(obj, dict):
+        return [t for o in obj.values() for t in _tensors_in(o)]
+    return []
+
+
+def validate_calibration_data(data: Iterable[Any]) -> list:
+    """A non-empty list of batches, every tensor in them finite."""
+    if data is None:
+        raise CalibrationDataError("calibration data is None")
+    batches = list(data)
+    if not batches:
+        raise CalibrationDataError("calibration set is empty: pass at least one batch")
+    for i, b in enumerate(batches):
+        tensors = _tensors_in(b)
+        if not tensors:
+            raise CalibrationDataError(f"calibration batch {i} holds no tensor")
+        for t in tensors:
+            if t.is_floating_point() and t.numel() == 0:
+                raise CalibrationDataError(f"calibration batch {i} holds an empty tensor")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise CalibrationDataError(f"calibration batch {i} holds non-finite values (NaN or inf)")
+    return batches
+
+
+def data_fingerprint(batches: list) -> str:
+    h = hashlib.sha256()
+    for b in batches:
+        for t in _tensors_in(b):
+            c = t.detach().cpu().contiguous()
+            h.update(str((tuple(c.shape), str(c.dtype))).encode())
+            h.update(ctypes.string_at(c.data_ptr(), c.numel() * c.element_size()))
+    return h.hexdigest()[:16]
+
+
+def calibrate_activations(model: nn.Module, batches: list, show: bool = True) -> None:
+    info = get_info(model)
+    with torch.no_grad(), calibration_mode(model):
+        for b in progress(batches, desc="calibrate", enabled=show):
+            info.adapter.run(model, b)
+
+
+def apply_reparameterization(model: nn.Module) -> None:
+    info = get_info(model)
+    for norm_name, consumer_names in info.layernorm_consumers:
+        reparameterize_pair(model.get_submodule(norm_name), [model.get_submodule(n) for n in consumer_names])
+    info.reparam_done = True
+
+
+def finalize(model: nn.Module) -> None:
+    """Fold low-rank branches into the weights and store the dequantized weight codes."""
+    for _, layer in quant_layers(model):
+        layer.freeze()
+    get_info(model).finalized = True
+
+
+def dfq_intervals(model: nn.Module) -> dict[str, tuple[float, float]]:
+    out = {}
+    for name, aq in attention_quantizer_modules(model):
+        if isinstance(aq.probs_quantizer, DynamicFocusingQuantizer):
+            b1, b2 = aq.probs_quantizer.interval()
+            out[name] = (float(b1.detach()), float(b2.detach()))
+    return out
+
+
+def _unit_generator(seed: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + index + 1)
+
+
+def _attach_ranks(unit: nn.Module, unit_name: str, ranks: dict[str, int]) -> None:
+    """Recreate the low-rank branches of a finished unit (their values come from the checkpoint)."""
+    prefix = unit_name + "."
+    for name, layer in unit.named_modules():
+        full = prefix + name if name else unit_name
+        if isinstance(layer, QuantLinear) and full in ranks:
+            layer.attach_lowrank(LowRankBranch(layer.in_features, layer.out_features, ranks[full]), inside_quantizer=True)
+
+
+class _Checkpoint:
+    """Per-unit checkpoints of a calibration run (``progress.json`` + ``state.safetensors``)."""
+
+    def __init__(self, directory: str | Path, config: QuantConfig, data_fp: str):
+        self.dir = Path(directory)
+        self.key = {"config": config.fingerprint(), "data": data_fp}
+
+    def load(self) -> dict | None:
+        meta = self.dir / "progress.json"
+        if not meta.exists():
+            return None
+        try:
+            progress_ = json.loads(meta.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"corrupt calibration checkpoint {meta}: {e}") from e
+        if progress_.get("key") != self.key:
+            raise CheckpointError(
+                f"calibration checkpoint in {self.dir} was made with another config or calibration set; "
+                "use a new checkpoint_dir or delete it")
+        return progress_
+
+    def save(self, model: nn.Module, done: list[str], ranks: dict[str, int], losses: dict) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.dir / "state.safetensors") as tmp:
+            save_file({k: v for k, v in model.state_dict().items()}, tmp)
+        write_json_atomic(self.dir / "progress.json", {"key": self.key, "done": done, "ranks": ranks,
+                                                       "unit_losses": losses})
+
+
+def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantConfig | None = None,
+             adapter: ModelAdapter | None = None, *, checkpoint_dir: str | Path | None = None,
+             progress_bar: bool = True, on_unit_done: UnitCallback | None = None) -> QuantizationReport:
+    """Quantize ``model`` in place with ``config`` (default: AIQViT W4/A4) and return a report.
+
+    ``calibration_data``: batches that ``adapter.run(model, batch)`` accepts (unlabeled).
+    ``checkpoint_dir``: after every finished unit its state is saved there; a rerun with the
+    same config and data continues from the last finished unit and ends with the same model.
+    """
+    start = time.perf_counter()
+    config = config if config is not None else QuantConfig()
+    config.validate()
+    batches = validate_calibration_data(calibration_data)
+    torch.manual_seed(config.seed)
+    model.eval()
+    prepare(model, config, adapter)
+    info = get_info(model)
+    report = QuantizationReport(config.method, config.w_bits, config.a_bits)
+
+    calibrate_activations(model, batches, progress_bar)
+    if config.reparam == "before":
+        apply_reparameterization(model)
+
+    if config.reconstruct:
+        ckpt = _Checkpoint(checkpoint_dir, config, data_fingerprint(batches)) if checkpoint_dir else None
+        saved = ckpt.load() if ckpt else None
+        done: list[str] = []
+        if saved is not None:
+            for name in saved["done"]:
+                _attach_ranks(model.get_submodule(name), name, saved["ranks"])
+            state, _ = load_file(ckpt.dir / "state.safetensors")
+            try:
+                model.load_state_dict(state, strict=True)
+            except RuntimeError as e:
+                raise CheckpointError(f"calibration checkpoint in {ckpt.dir} does not match the model: {e}") from e
+            done = list(saved["done"])
+            report.ranks.update(saved["ranks"])
+            report.unit_losses.update({k: tuple(v) for k, v in saved.get("unit_losses", {}).items()})
+            report.resumed_units = list(done)
+        _reconstruct_units(model, batches, config, report, done, ckpt, progress_bar, on_unit_done)
+
+    if config.reparam == "after":
+        apply_reparameterization(model)
+    finalize(model)
+    info.ranks = dict(report.ranks)
+    report.dfq_intervals = dfq_intervals(model)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit_done):
+    info = get_info(model)
+    rc = config.reconstruction
+    units = info.unit_names
+    for index, name in enumerate(units):
+        if name in done:
+            continue
+        unit = model.get_submodule(name)
+        gen = _unit_generator(config.seed, index)
+        tag = f"[{index + 1}/{len(units)}] {name}"
+        from .calibration import quantization_disabled
+
+        with quantization_disabled(model):
+            fp_io = capture_unit_io(model, info.adapter, unit, batches, with_output=True, desc=f"{tag} fp", show=False)
+        inputs = fp_io
+        if rc.input_source == "quant":
+            inputs = capture_unit_io(model, info.adapter, unit, batches, with_output=False, desc=f"{tag} q", show=False)
+        data = build_unit_data(inputs, fp_io)
+        if config.lowrank == "search":
+            chosen = search_unit_ranks(unit, data, config.search, gen, desc=f"{tag} search", show=show)
+        elif config.lowrank == "fixed":
+            chosen = attach_fixed_rank(unit, config.lowrank_rank, gen)
+        else:
+            chosen = {}
+        report.ranks.update({f"{name}.{k}" if k else name: v for k, v in chosen.items()})
+        losses = reconstruct_unit(unit, data, rc, gen, config.learn_weight_scale, desc=f"{tag} reconstruct", show=show)
+        report.unit_losses[name] = losses
+        done.append(name)
+        if ckpt is not None:
+            ckpt.save(model, done, report.ranks, report.unit_losses)
+        if on_unit_done is not None:
+            on_unit_done(name, index)
+
+
+def quantized_layer_count(model: nn.Module) -> int:
+    return sum(1 for _, m in model.named_modules() if isinstance(m, _QuantLayer))
+
+
+def uninitialized_quantizers(model: nn.Module) -> list[str]:
+    return [n for n, q in quantizers(model) if q.enabled and not bool(q.initialized)]

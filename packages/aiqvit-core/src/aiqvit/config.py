@@ -1,0 +1,146 @@
+"""Typed configuration. ``QuantConfig.for_method(name, w_bits, a_bits, **overrides)`` gives the
+preset of a method; every field can be overridden for ablations."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+from .errors import AIQViTError, check_bits
+from .lowrank import DEFAULT_CANDIDATE_RANKS
+from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS
+
+METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
+LOWRANK_MODES = ("off", "fixed", "search")
+REPARAM_MODES = ("off", "before", "after")
+INPUT_SOURCES = ("fp", "quant")
+
+
+@dataclass
+class ReconstructionConfig:
+    """Block-wise reconstruction (METHOD.md section 4). ``iters`` per unit."""
+
+    iters: int = 200
+    batch_size: int = 8
+    # relative learning rates (Adam): a scale moves by about lr x its size per step; low-rank
+    # factors by about lr x std(W0)
+    lr_lowrank: float = 0.05
+    lr_weight_scale: float = 1e-2
+    lr_act_scale: float = 1e-2
+    lr_dfq: float = 1e-2
+    curriculum: bool = True
+    lambda0: float = 0.5
+    hardness_refresh: int = 50  # recompute per-sample loss every N iterations (OPEN in the paper)
+    input_source: str = "fp"  # reconstruct from full-precision ("fp") or quantized-model ("quant") inputs
+
+
+@dataclass
+class SearchConfig:
+    """Differentiable rank search (METHOD.md section 2). ``iters`` per unit, each one Theta and one alpha step."""
+
+    iters: int = 100
+    candidate_ranks: tuple[int, ...] = DEFAULT_CANDIDATE_RANKS
+    lr_theta: float = 1e-3
+    lr_alpha: float = 3e-2
+    single_path: bool = True  # Theta steps train one sampled branch alone (drop-path keeping one); see RankSearchBranch
+    drop_prob: float = 0.1  # used when single_path is False
+    val_fraction: float = 0.5
+    rank_cost: float = 0.0  # alpha loss x (1 + rank_cost * E[rank] / max rank): prefers the smaller of equally good ranks
+    branch_inside_quantizer: bool = False  # OPEN: METHOD.md writes the branches outside Q_w during search
+    keep_searched_weights: bool = True
+
+
+@dataclass
+class QuantConfig:
+    method: str = "aiqvit"
+    w_bits: int = 4
+    a_bits: int = 4
+    weight_init: str = "mse"
+    act_init: str = "minmax"
+    act_percentile: float = 99.99
+    softmax_quantizer: str = "dfq"
+    dfq_top: str = "b2"
+    reparam: str = "before"  # fold post-LN channel-wise scales before reconstruction (RepQ order) or after it
+    lowrank: str = "search"
+    lowrank_rank: int = 20
+    reconstruct: bool = True
+    learn_weight_scale: bool = True
+    quantize_attention_matmuls: bool = True
+    seed: int = 0
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+    def __post_init__(self):
+        if isinstance(self.reconstruction, dict):
+            self.reconstruction = ReconstructionConfig(**self.reconstruction)
+        if isinstance(self.search, dict):
+            s = dict(self.search)
+            s["candidate_ranks"] = tuple(s.get("candidate_ranks", DEFAULT_CANDIDATE_RANKS))
+            self.search = SearchConfig(**s)
+        self.validate()
+
+    def validate(self) -> None:
+        check_bits(self.w_bits, "w_bits")
+        check_bits(self.a_bits, "a_bits")
+        _choice("method", self.method, METHODS)
+        _choice("weight_init", self.weight_init, INIT_METHODS)
+        _choice("act_init", self.act_init, INIT_METHODS)
+        _choice("softmax_quantizer", self.softmax_quantizer, SOFTMAX_QUANTIZERS)
+        _choice("dfq_top", self.dfq_top, ("b2", "one"))
+        _choice("reparam", self.reparam, REPARAM_MODES)
+        _choice("lowrank", self.lowrank, LOWRANK_MODES)
+        _choice("reconstruction.input_source", self.reconstruction.input_source, INPUT_SOURCES)
+        if self.lowrank != "off" and not self.reconstruct:
+            raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
+        if not 0 < self.reconstruction.lambda0 <= 1:
+            raise AIQViTError(f"reconstruction.lambda0 must lie in (0, 1], got {self.reconstruction.lambda0}")
+        if self.lowrank_rank < 1:
+            raise AIQViTError(f"lowrank_rank must be >= 1, got {self.lowrank_rank}")
+
+    @classmethod
+    def for_method(cls, method: str, w_bits: int = 4, a_bits: int = 4, **overrides) -> QuantConfig:
+        _choice("method", method, METHODS)
+        preset = dict(METHOD_PRESETS[method])
+        preset.update(overrides)
+        return cls(method=method, w_bits=w_bits, a_bits=a_bits, **preset)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["search"]["candidate_ranks"] = list(self.search.candidate_ranks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise AIQViTError(f"unknown config keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _choice(name, value, allowed):
+    if value not in allowed:
+        raise AIQViTError(f"{name}={value!r} is not one of {allowed}")
+
+
+# Baselines share the machinery; each preset switches ingredients on or off.
+METHOD_PRESETS: dict[str, dict] = {
+    "minmax": dict(weight_init="minmax", act_init="minmax", softmax_quantizer="uniform", reparam="off",
+                   lowrank="off", reconstruct=False, learn_weight_scale=False),
+    "percentile": dict(weight_init="minmax", act_init="percentile", softmax_quantizer="uniform", reparam="off",
+                       lowrank="off", reconstruct=False, learn_weight_scale=False),
+    # RepQ-ViT: post-LN scale reparameterization + log-sqrt(2) post-Softmax, no reconstruction.
+    "repq": dict(weight_init="mse", act_init="percentile", softmax_quantizer="logsqrt2", reparam="before",
+                 lowrank="off", reconstruct=False, learn_weight_scale=False),
+    # BRECQ-style: block reconstruction of the quantizer parameters (LSQ step sizes), nothing else.
+    "brecq": dict(weight_init="mse", act_init="minmax", softmax_quantizer="uniform", reparam="off",
+                  lowrank="off", reconstruct=True, learn_weight_scale=True,
+                  reconstruction=ReconstructionConfig(curriculum=False)),
+    "aiqvit": dict(weight_init="mse", act_init="minmax", softmax_quantizer="dfq", reparam="before",
+                   lowrank="search", reconstruct=True, learn_weight_scale=True),
+}

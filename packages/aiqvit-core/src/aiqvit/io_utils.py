@@ -1,0 +1,93 @@
+"""Atomic file writes and benchmark records shared by the task packages."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically, on
+    failure it is removed. Works for files and for directories."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / path.name
+    try:
+        yield tmp
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process (and its waited-for children), MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    scale = 1 / 1024 / 1024 if sys.platform == "darwin" else 1 / 1024
+    return max(own, kids) * scale
+
+
+def git_commit(cwd: str | os.PathLike | None = None) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclasses.dataclass
+class BenchmarkRecord:
+    """One benchmark run: the schema of ``benchmarks/results/*.json`` for every task."""
+
+    task: str
+    model: str
+    method: str
+    w_bits: int | None
+    a_bits: int | None
+    recipe: str
+    metric: str
+    value: float
+    calib_seconds: float
+    peak_rss_mb: float
+    seed: int
+    git_commit: str
+    notes: str = ""
+
+
+def merge_records(path: str | os.PathLike, records: list[BenchmarkRecord]) -> list[dict]:
+    """Add ``records`` to the JSON list at ``path`` (replacing runs with the same task, model,
+    method, bits, recipe and metric), atomically. Returns the full list."""
+    path = Path(path)
+    existing = json.loads(path.read_text()) if path.exists() else []
+    key = ("task", "model", "method", "w_bits", "a_bits", "recipe", "metric")
+    new = [dataclasses.asdict(r) for r in records]
+    new_keys = {tuple(r[k] for k in key) for r in new}
+    merged = [r for r in existing if tuple(r.get(k) for k in key) not in new_keys] + new
+    write_json_atomic(path, merged)
+    return merged

@@ -1,0 +1,155 @@
+"""Quantized modules: Linear, Conv2d, and the quantizers of attention matmuls.
+
+Sub-module names follow a fixed convention: ``weight_quantizer`` and ``input_quantizer`` on
+layers; ``query_quantizer``, ``key_quantizer``, ``probs_quantizer`` (post-Softmax) and
+``value_quantizer`` on :class:`AttentionQuantizers`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lowrank import LowRankBranch, RankSearchBranch
+from .quantizers import Quantizer, UniformQuantizer
+
+
+class _QuantLayer(nn.Module):
+    """Shared machinery: frozen float weight, its quantizer, the input quantizer."""
+
+    def __init__(self, layer: nn.Module, weight_quantizer: Quantizer, input_quantizer: Quantizer):
+        super().__init__()
+        self.weight = nn.Parameter(layer.weight.detach().clone(), requires_grad=False)
+        self.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone(), requires_grad=False)
+        self.weight_quantizer = weight_quantizer
+        self.input_quantizer = input_quantizer
+        # True once the weight holds its dequantized codes (after freeze() or load).
+        self.register_buffer("weight_is_quantized", torch.tensor(False))
+        self.lowrank: nn.Module | None = None
+        self.branch_inside_quantizer = True
+
+    def init_weight_quantizer(self) -> None:
+        self.weight_quantizer.calibrate_from(self.merged_weight().detach())
+
+    def merged_weight(self) -> torch.Tensor:
+        """``W0`` (+ ``B @ A`` when a branch sits inside the weight quantizer)."""
+        w = self.weight
+        if self.lowrank is not None and self.branch_inside_quantizer:
+            w = w + self.lowrank.delta()
+        return w
+
+    def quantized_weight(self) -> torch.Tensor:
+        w = self.merged_weight()
+        if bool(self.weight_is_quantized):
+            return w
+        return self.weight_quantizer(w)
+
+    @property
+    def quant_active(self) -> bool:
+        wq, iq = self.weight_quantizer, self.input_quantizer
+        return wq.enabled or iq.enabled or iq.calibrating
+
+    def _branch_output(self, x: torch.Tensor) -> torch.Tensor | None:
+        if self.lowrank is None or self.branch_inside_quantizer:
+            return None
+        return self._apply(x, self.lowrank.delta(), None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.quant_active and not bool(self.weight_is_quantized):
+            # Quantization off: the original float layer, low-rank branch ignored.
+            return self._apply(x, self.weight, self.bias)
+        x = self.input_quantizer(x)
+        y = self._apply(x, self.quantized_weight(), self.bias)
+        extra = self._branch_output(x)
+        return y if extra is None else y + extra
+
+    def _apply(self, x, weight, bias):  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def fold_lowrank(self) -> None:
+        """Merge ``B @ A`` into ``W0`` and drop the branch: no inference overhead remains."""
+        if self.lowrank is None:
+            return
+        delta = self.lowrank.delta()
+        self.weight.data = self.weight.data + delta
+        self.lowrank = None
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Fold the branch and store the dequantized weight codes in ``weight``."""
+        self.fold_lowrank()
+        if not bool(self.weight_is_quantized):
+            self.weight.data = self.weight_quantizer.dequantize(self.weight_quantizer.quantize(self.weight.data))
+            self.weight_is_quantized.fill_(True)
+
+    def attach_lowrank(self, branch: LowRankBranch | RankSearchBranch, inside_quantizer: bool = True) -> None:
+        self.lowrank = branch
+        self.branch_inside_quantizer = inside_quantizer
+
+
+class QuantLinear(_QuantLayer):
+    """``y = Q_a(x) @ Q_w(W0 + B A)^T + bias``."""
+
+    def __init__(self, linear: nn.Linear, weight_quantizer: Quantizer, input_quantizer: Quantizer):
+        super().__init__(linear, weight_quantizer, input_quantizer)
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def _apply(self, x, weight, bias):
+        return F.linear(x, weight, bias)
+
+
+class QuantConv2d(_QuantLayer):
+    """Conv2d with per-output-channel weight quantization and per-tensor input quantization."""
+
+    def __init__(self, conv: nn.Conv2d, weight_quantizer: Quantizer, input_quantizer: Quantizer):
+        if conv.padding_mode != "zeros":
+            raise NotImplementedError("QuantConv2d supports padding_mode='zeros' only")
+        super().__init__(conv, weight_quantizer, input_quantizer)
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+
+    def extra_repr(self) -> str:
+        return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
+
+    def _apply(self, x, weight, bias):
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class AttentionQuantizers(nn.Module):
+    """The quantizers of the two attention matmuls: ``Q @ K^T`` and ``softmax(.) @ V``.
+
+    An adapter's attention wrapper calls :meth:`query`, :meth:`key`, :meth:`probs`, :meth:`value`
+    on the matmul operands; with quantizers disabled each is the identity.
+    """
+
+    def __init__(self, query_quantizer: Quantizer, key_quantizer: Quantizer, probs_quantizer: Quantizer,
+                 value_quantizer: Quantizer):
+        super().__init__()
+        self.query_quantizer = query_quantizer
+        self.key_quantizer = key_quantizer
+        self.probs_quantizer = probs_quantizer
+        self.value_quantizer = value_quantizer
+
+    def query(self, q: torch.Tensor) -> torch.Tensor:
+        return self.query_quantizer(q)
+
+    def key(self, k: torch.Tensor) -> torch.Tensor:
+        return self.key_quantizer(k)
+
+    def probs(self, p: torch.Tensor) -> torch.Tensor:
+        return self.probs_quantizer(p)
+
+    def value(self, v: torch.Tensor) -> torch.Tensor:
+        return self.value_quantizer(v)
+
+
+def weight_quantizer_for(layer: nn.Module, bits: int, init: str, learnable: bool, seed: int = 0) -> UniformQuantizer:
+    """Channel-wise (output channel, dim 0) asymmetric weight quantizer."""
+    return UniformQuantizer(bits, per_channel=True, channel_dim=0, init=init, learnable=learnable, seed=seed)

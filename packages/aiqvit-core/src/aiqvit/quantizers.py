@@ -1,0 +1,262 @@
+"""Quantizer modules. Their state (scales, zero-points, DFQ intervals) lives in Parameters and
+buffers so that ``state_dict`` round-trips, including shapes first set by calibration."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import primitives as P
+from .errors import check_bits
+
+INIT_METHODS = ("minmax", "percentile", "mse")
+_RESERVOIR = 1 << 16  # values (per-tensor) or rows (per-channel) kept for percentile/MSE init
+
+
+class Quantizer(nn.Module):
+    """Base: a quantizer is ``enabled`` (fake-quantizes), disabled (identity) or calibrating
+    (observes its input, passes it through unchanged, initializes on :meth:`finish_calibration`)."""
+
+    def __init__(self, bits: int):
+        super().__init__()
+        self.bits = check_bits(bits)
+        self.enabled = True
+        self.calibrating = False
+        self.seen_data = False
+        self.register_buffer("initialized", torch.tensor(False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.calibrating:
+            self.seen_data = True
+            self.observe(x.detach())
+            return x
+        if not self.enabled:
+            return x
+        if not bool(self.initialized):
+            raise RuntimeError(f"{type(self).__name__} used before calibration; run calibration_mode first")
+        return self.fake_quantize(x)
+
+    def observe(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
+        pass
+
+    def finish_calibration(self) -> None:
+        self.initialized.fill_(True)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Calibration decides some shapes (per-channel activations): adopt the saved ones.
+        for name, tensor in list(self._parameters.items()) + list(self._buffers.items()):
+            key = prefix + name
+            if tensor is not None and key in state_dict and state_dict[key].shape != tensor.shape:
+                tensor.data = torch.empty_like(state_dict[key], dtype=tensor.dtype)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class UniformQuantizer(Quantizer):
+    """Asymmetric uniform quantizer, per-tensor or per-channel along ``channel_dim``.
+
+    ``init``: ``minmax``, ``percentile`` (``percentile`` / ``100 - percentile`` of the observed
+    values) or ``mse`` (clipping range minimizing the squared error, grid search).
+    ``scale`` is a Parameter; it is trained only when ``learnable`` (LSQ-style, via STE).
+    """
+
+    def __init__(self, bits: int, per_channel: bool = False, channel_dim: int = -1, init: str = "minmax",
+                 percentile: float = 99.99, learnable: bool = False, seed: int = 0):
+        super().__init__(bits)
+        if init not in INIT_METHODS:
+            raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
+        self.per_channel = per_channel
+        self.channel_dim = channel_dim
+        self.init = init
+        self.percentile = percentile
+        self.learnable = learnable
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=learnable)
+        self.register_buffer("zero_point", torch.zeros(()))
+        self._lo = self._hi = None
+        self._samples: list[torch.Tensor] = []
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, per_channel={self.per_channel}, init={self.init}, learnable={self.learnable}"
+
+    # -- observation ------------------------------------------------------------------------
+    def _as_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, channels) view for per-channel stats; (n, 1) for per-tensor."""
+        if not self.per_channel:
+            return x.reshape(-1, 1)
+        return x.movedim(self.channel_dim, -1).reshape(-1, x.shape[self.channel_dim])
+
+    def observe(self, x: torch.Tensor) -> None:
+        self._ref_ndim = x.ndim
+        rows = self._as_rows(x.float())
+        lo, hi = rows.amin(0), rows.amax(0)
+        self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
+        self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
+        if self.init != "minmax":
+            keep = min(rows.shape[0], _RESERVOIR)
+            idx = torch.randperm(rows.shape[0], generator=self._generator)[:keep]
+            self._samples.append(rows[idx])
+
+    def _broadcast_shape(self, ref_ndim: int, channels: int) -> tuple[int, ...]:
+        if not self.per_channel:
+            return ()
+        shape = [1] * ref_ndim
+        shape[self.channel_dim] = channels
+        return tuple(shape)
+
+    def calibrate_from(self, x: torch.Tensor) -> None:
+        """One-shot calibration on a tensor (weights)."""
+        self._lo = self._hi = None
+        self._samples = []
+        self.observe(x.detach())
+        self.finish_calibration()
+
+    def finish_calibration(self) -> None:
+        if self._lo is None:
+            raise RuntimeError("quantizer saw no data during calibration")
+        lo, hi = self._lo, self._hi
+        if self.init == "percentile":
+            samples = torch.cat(self._samples)
+            q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
+            qs = torch.quantile(samples[:: max(1, samples.shape[0] // 1_000_000)], q, dim=0)
+            lo, hi = qs[0], qs[1]
+        elif self.init == "mse":
+            lo, hi = self._mse_range(torch.cat(self._samples), lo, hi)
+        scale, zp = P.affine_params_from_range(lo, hi, self.bits)
+        shape = self._broadcast_shape(self._ref_ndim, scale.numel())
+        self.scale.data = scale.reshape(shape).clone()
+        self.zero_point = zp.reshape(shape).clone()
+        self._lo = self._hi = None
+        self._samples = []
+        self.initialized.fill_(True)
+
+    def _mse_range(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: int = 40):
+        best_err = torch.full_like(lo, float("inf"))
+        best_lo, best_hi = lo.clone(), hi.clone()
+        for i in range(grid):
+            ratio = 1.0 - i / (grid + 10)
+            cand_lo, cand_hi = lo * ratio, hi * ratio
+            s, z = P.affine_params_from_range(cand_lo, cand_hi, self.bits)
+            err = ((P.fake_quantize_affine(rows, s, z, self.bits) - rows) ** 2).mean(0)
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best_lo = torch.where(better, cand_lo, best_lo)
+            best_hi = torch.where(better, cand_hi, best_hi)
+        return best_lo, best_hi
+
+    # -- quantization -----------------------------------------------------------------------
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.scale.abs().clamp(min=1e-8)
+        return P.fake_quantize_affine(x, scale.to(x.dtype), self.zero_point.to(x.dtype), self.bits)
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Integer codes of ``x`` under the current parameters."""
+        return P.quantize_affine(x, self.scale.detach().abs().clamp(min=1e-8), self.zero_point, self.bits)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return P.dequantize_affine(codes, self.scale.detach().abs().clamp(min=1e-8), self.zero_point)
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        return [self.scale]
+
+
+class DynamicFocusingQuantizer(Quantizer):
+    """DFQ for post-Softmax probabilities: all levels spent on a learned interval ``[b1, b2]``.
+
+    ``top`` chooses what the saturated top code dequantizes to (``"b2"`` or ``"one"``).
+    Init (``init="mse"``): grid search over b1 in {0, 1e-3, ..., 3e-2} x b2 from high quantiles of
+    the observed probabilities, minimizing the squared error on the observed values.
+    """
+
+    B1_GRID = (0.0, 1e-3, 3e-3, 1e-2, 2e-2, 3e-2)
+    B2_QUANTILES = (0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0)
+
+    def __init__(self, bits: int, top: str = "b2", seed: int = 0):
+        super().__init__(bits)
+        if top not in P.DFQ_TOP_CODE_VALUES:
+            raise ValueError(f"top must be one of {P.DFQ_TOP_CODE_VALUES}, got {top!r}")
+        self.top = top
+        self.b1 = nn.Parameter(torch.tensor(0.01))
+        self.b2 = nn.Parameter(torch.tensor(0.2))
+        self._samples: list[torch.Tensor] = []
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, top={self.top}"
+
+    def observe(self, x: torch.Tensor) -> None:
+        flat = x.reshape(-1).float()
+        idx = torch.randperm(flat.numel(), generator=self._generator)[: _RESERVOIR]
+        self._samples.append(flat[idx])
+
+    def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b1 = self.b1.clamp(0.0, 1.0)
+        b2 = torch.maximum(self.b2.clamp(max=1.0), b1 + 1e-4)
+        return b1, b2
+
+    def finish_calibration(self) -> None:
+        if not self._samples:
+            raise RuntimeError("quantizer saw no data during calibration")
+        x = torch.cat(self._samples)
+        sub = x[:: max(1, x.numel() // 1_000_000)]
+        best = (float("inf"), 0.01, 0.2)
+        for q in self.B2_QUANTILES:
+            b2 = float(torch.quantile(sub, q)) if q < 1.0 else float(x.max())
+            for b1 in self.B1_GRID:
+                if b1 >= b2:
+                    continue
+                t1, t2 = torch.tensor(b1), torch.tensor(b2)
+                err = float(((P.fake_dfq(x, t1, t2, self.bits, self.top) - x) ** 2).mean())
+                if err < best[0]:
+                    best = (err, b1, b2)
+        self.b1.data.fill_(best[1])
+        self.b2.data.fill_(best[2])
+        self._samples = []
+        self.initialized.fill_(True)
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        b1, b2 = self.interval()
+        return P.fake_dfq(x, b1.to(x.dtype), b2.to(x.dtype), self.bits, self.top)
+
+    def learnable_parameters(self) -> list[nn.Parameter]:
+        return [self.b1, self.b2]
+
+
+class LogQuantizer(Quantizer):
+    """log2 (``base="2"``) or log-sqrt(2) (``base="sqrt2"``, RepQ-ViT) quantizer for values in [0, 1]."""
+
+    def __init__(self, bits: int, base: str = "2"):
+        super().__init__(bits)
+        if base not in ("2", "sqrt2"):
+            raise ValueError(f"base must be '2' or 'sqrt2', got {base!r}")
+        self.base = base
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, base={self.base}"
+
+    def observe(self, x: torch.Tensor) -> None:
+        pass
+
+    def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return P.fake_log_quantize(x, self.bits, self.base)
+
+
+SOFTMAX_QUANTIZERS = ("uniform", "log2", "logsqrt2", "dfq")
+
+
+def make_softmax_quantizer(kind: str, bits: int, *, dfq_top: str = "b2", seed: int = 0) -> Quantizer:
+    """The post-Softmax quantizer named ``kind`` (one of :data:`SOFTMAX_QUANTIZERS`)."""
+    if kind == "uniform":
+        return UniformQuantizer(bits, init="minmax", learnable=True, seed=seed)
+    if kind == "log2":
+        return LogQuantizer(bits, "2")
+    if kind == "logsqrt2":
+        return LogQuantizer(bits, "sqrt2")
+    if kind == "dfq":
+        return DynamicFocusingQuantizer(bits, top=dfq_top, seed=seed)
+    raise ValueError(f"unknown softmax quantizer {kind!r}; choose from {SOFTMAX_QUANTIZERS}")

@@ -1,0 +1,173 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import fast_config
+from torch import nn
+
+import aiqvit
+from aiqvit import AdapterError, CalibrationDataError, QuantConfig, quantization_disabled
+from aiqvit.reconstruction import curriculum_fraction, curriculum_pool
+from aiqvit.toy import ToyAdapter, ToyViT, make_outlier_toy
+
+
+def rel_err(model, ref, x):
+    with torch.no_grad():
+        y = ref(x)
+        return float((model(x) - y).pow(2).mean() / y.pow(2).mean())
+
+
+def test_prepared_model_with_quantizers_off_equals_float(toy, test_inputs):
+    ref = make_outlier_toy(seed=0)
+    aiqvit.prepare(toy, QuantConfig())
+    assert any(isinstance(m, aiqvit.AttentionQuantizers) for m in toy.modules())
+    with quantization_disabled(toy), torch.no_grad():
+        assert torch.equal(toy(test_inputs), ref(test_inputs))
+
+
+def test_every_linear_and_conv_is_quantized(toy):
+    aiqvit.prepare(toy, QuantConfig())
+    assert not any(type(m) in (nn.Linear, nn.Conv2d) for m in toy.modules())
+
+
+def test_curriculum_pool_grows_to_everything():
+    fractions = [curriculum_fraction(t, 100, 0.5) for t in range(0, 101, 10)]
+    assert fractions[0] == 0.5 and fractions[-1] == 1.0
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    order = torch.arange(10)
+    assert curriculum_pool(order, 0.5, 1).tolist() == [0, 1, 2, 3, 4]
+    assert len(curriculum_pool(order, 0.05, 3)) == 3
+    assert len(curriculum_pool(order, 1.0, 1)) == 10
+
+
+def test_aiqvit_beats_minmax_w4a4(calib_batches, test_inputs):
+    ref = make_outlier_toy(seed=0)
+    errs = {}
+    for method in ("minmax", "aiqvit"):
+        model = make_outlier_toy(seed=0)
+        cfg = fast_config(method)
+        cfg.reconstruction.iters = 150
+        aiqvit.quantize(model, calib_batches, cfg, progress_bar=False)
+        errs[method] = rel_err(model, ref, test_inputs)
+    assert errs["aiqvit"] < 0.6 * errs["minmax"], errs
+
+
+@pytest.mark.parametrize("method", ["percentile", "repq", "brecq"])
+def test_every_method_runs_and_beats_nothing_worse_than_chance(method, calib_batches, test_inputs):
+    ref = make_outlier_toy(seed=0)
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, fast_config(method), progress_bar=False)
+    assert rel_err(model, ref, test_inputs) < 0.5
+
+
+def test_ablation_switches(calib_batches):
+    model = make_outlier_toy(seed=0)
+    cfg = fast_config("aiqvit", lowrank="fixed", lowrank_rank=8, softmax_quantizer="log2")
+    cfg.reconstruction.curriculum = False
+    report = aiqvit.quantize(model, calib_batches, cfg, progress_bar=False)
+    assert set(report.ranks.values()) == {8}
+    assert not report.dfq_intervals
+
+
+def test_searched_ranks_and_dfq_intervals_are_reported(calib_batches):
+    model = make_outlier_toy(seed=0)
+    report = aiqvit.quantize(model, calib_batches, fast_config("aiqvit"), progress_bar=False)
+    assert len(report.ranks) == 8 and set(report.ranks.values()) <= {4, 8, 16}
+    assert len(report.dfq_intervals) == 2
+    for b1, b2 in report.dfq_intervals.values():
+        assert 0 <= b1 < b2 <= 1
+
+
+def test_reconstruction_from_quantized_inputs(calib_batches, test_inputs):
+    model = make_outlier_toy(seed=0)
+    cfg = fast_config("brecq")
+    cfg.reconstruction.input_source = "quant"
+    report = aiqvit.quantize(model, calib_batches, cfg, progress_bar=False)
+    assert all(after <= before for before, after in report.unit_losses.values())
+
+
+def test_seeded_determinism(calib_batches, test_inputs):
+    outs = []
+    for _ in range(2):
+        model = make_outlier_toy(seed=0)
+        aiqvit.quantize(model, calib_batches, fast_config("aiqvit"), progress_bar=False)
+        with torch.no_grad():
+            outs.append(model(test_inputs))
+    assert torch.equal(outs[0], outs[1])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_gives_the_same_model(tmp_path, calib_batches, test_inputs):
+    full = make_outlier_toy(seed=0)
+    aiqvit.quantize(full, calib_batches, fast_config("aiqvit"), progress_bar=False)
+
+    def kill_after_first(name, index):
+        raise _Killed
+
+    interrupted = make_outlier_toy(seed=0)
+    with pytest.raises(_Killed):
+        aiqvit.quantize(interrupted, calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
+                        progress_bar=False, on_unit_done=kill_after_first)
+    resumed = make_outlier_toy(seed=0)
+    report = aiqvit.quantize(resumed, calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
+                             progress_bar=False)
+    assert report.resumed_units == ["blocks.0"]
+    with torch.no_grad():
+        assert torch.equal(resumed(test_inputs), full(test_inputs))
+
+
+def test_resume_refuses_another_config(tmp_path, calib_batches):
+    def kill(name, index):
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        aiqvit.quantize(make_outlier_toy(), calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
+                        progress_bar=False, on_unit_done=kill)
+    with pytest.raises(aiqvit.CheckpointError, match="another config"):
+        aiqvit.quantize(make_outlier_toy(), calib_batches, fast_config("aiqvit", bits=3), checkpoint_dir=tmp_path,
+                        progress_bar=False)
+
+
+@pytest.mark.parametrize("data,match", [([], "empty"), (None, "None"),
+                                        ([torch.full((2, 3, 16, 16), float("nan"))], "non-finite"),
+                                        (["not a tensor"], "no tensor")])
+def test_bad_calibration_data(data, match):
+    with pytest.raises(CalibrationDataError, match=match):
+        aiqvit.quantize(make_outlier_toy(), data, fast_config("minmax"), progress_bar=False)
+
+
+def test_bits_out_of_range_in_config():
+    with pytest.raises(aiqvit.BitWidthError, match="w_bits=9"):
+        QuantConfig.for_method("aiqvit", 9, 4)
+    with pytest.raises(aiqvit.BitWidthError, match="a_bits=1"):
+        QuantConfig(a_bits=1)
+
+
+def test_unknown_method():
+    with pytest.raises(aiqvit.AIQViTError, match="method='gptq'"):
+        QuantConfig.for_method("gptq")
+
+
+def test_unknown_model_has_no_adapter():
+    with pytest.raises(AdapterError, match="no adapter handles a model of type Sequential"):
+        aiqvit.quantize(nn.Sequential(nn.Linear(4, 4)), [torch.randn(2, 4)], fast_config("minmax"))
+
+
+def test_model_without_blocks():
+    class Empty(ToyViT):
+        pass
+
+    model = Empty(depth=0)
+    with pytest.raises(AdapterError, match="found no blocks"):
+        aiqvit.prepare(model, QuantConfig(), ToyAdapter())
+
+
+def test_lean_import():
+    code = ("import sys, aiqvit, aiqvit.api, aiqvit.serialization; "
+            "bad = [m for m in ('timm', 'torchvision', 'mmcv', 'mmdet', 'open3d') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0

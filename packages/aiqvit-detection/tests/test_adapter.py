@@ -1,0 +1,150 @@
+"""The Swin adapter: float equivalence with quantizers off, units, scopes, padding under reparameterization."""
+
+import copy
+
+import pytest
+import torch
+
+import aiqvit
+
+pytestmark = pytest.mark.mmdet
+
+
+@pytest.fixture(scope="module")
+def detector():
+    from mmdet_helpers import random_detector
+
+    return random_detector(seed=1)[1]
+
+
+def _feats(model, batch):
+    with torch.no_grad():
+        return model.extract_feat(model.data_preprocessor(batch, False)["inputs"])
+
+
+def _predict(model, batch):
+    with torch.no_grad():
+        return model.test_step(batch)
+
+
+def _same_predictions(a, b):
+    for pa, pb in zip(a, b):
+        ia, ib = pa.pred_instances, pb.pred_instances
+        assert torch.equal(ia.bboxes, ib.bboxes) and torch.equal(ia.scores, ib.scores)
+        assert torch.equal(ia.labels, ib.labels) and torch.equal(ia.masks, ib.masks)
+
+
+@pytest.mark.parametrize("scope", ["backbone", "full"])
+def test_quantizers_off_equals_mmdet(detector, scope):
+    from mmdet_helpers import image_batch
+
+    from aiqvit_detection.adapter import QuantWindowMSA, adapter_for_scope
+
+    # the batch is padded to 160 x 160: token grids 40, 20, 10, 5, so stage 4 pads its 4x4 windows
+    batch = image_batch([(160, 160), (128, 96)])
+    ref_feats, ref_pred = _feats(detector, batch), _predict(detector, batch)
+    model = copy.deepcopy(detector)
+    aiqvit.prepare(model, aiqvit.QuantConfig.for_method("aiqvit", 4, 4), adapter=adapter_for_scope(scope))
+    assert sum(isinstance(m, QuantWindowMSA) for m in model.modules()) == 8
+    with aiqvit.quantization_disabled(model):
+        for a, b in zip(_feats(model, batch), ref_feats):
+            assert torch.equal(a, b)
+        _same_predictions(_predict(model, batch), ref_pred)
+
+
+def test_units_are_swin_blocks_in_order_and_scope_selects_layers(detector):
+    from mmdet.models.backbones.swin import SwinBlock
+
+    from aiqvit_detection.adapter import SwinDetectorAdapter, SwinDetectorFullAdapter
+
+    units = SwinDetectorAdapter().units(copy.deepcopy(detector))
+    assert [n for n, _ in units] == [f"backbone.stages.{s}.blocks.{b}" for s in range(4) for b in range(2)]
+    assert all(isinstance(m, SwinBlock) for _, m in units)
+    back = {n for n, _ in SwinDetectorAdapter().quantizable_layers(detector)}
+    full = {n for n, _ in SwinDetectorFullAdapter().quantizable_layers(detector)}
+    assert back and all(n.startswith("backbone.") for n in back)
+    assert back < full
+    assert any(n.startswith("neck.") for n in full) and any(n.startswith("roi_head.") for n in full)
+    assert any(n.startswith("rpn_head.") for n in full)
+    # every block contributes qkv, proj, fc1, fc2; plus patch embedding and 3 patch mergings
+    assert len(back) == 8 * 4 + 1 + 3
+    assert aiqvit.find_adapter(detector).name == "mmdet-swin"
+
+
+def test_layernorm_pairs_cover_qkv_fc1_and_patch_merging(detector):
+    from torch import nn
+
+    from aiqvit_detection.adapter import SwinDetectorAdapter
+
+    pairs = SwinDetectorAdapter().layernorm_consumers(detector)
+    assert len(pairs) == 8 * 2 + 3
+    assert all(isinstance(norm, nn.LayerNorm) and len(lins) == 1 and isinstance(lins[0], nn.Linear)
+               for norm, lins in pairs)
+    for norm, (lin,) in pairs:
+        assert lin.in_features == norm.normalized_shape[0]
+
+
+def test_reparameterization_is_exact_with_window_padding(detector):
+    """Folding post-LN scales must not change the float model, even where windows are padded;
+    with mmdet's zero padding it would."""
+    from mmdet.models.backbones.swin import ShiftWindowMSA
+    from mmdet_helpers import image_batch
+
+    from aiqvit.api import apply_reparameterization, calibrate_activations
+    from aiqvit_detection.adapter import ReparamSafeShiftWindowMSA, SwinDetectorAdapter
+
+    batch = image_batch([(160, 160)], seed=3)  # stage grids 40, 20, 10, 5: padding at stage 4
+    ref = _feats(detector, batch)
+    model = copy.deepcopy(detector)
+    aiqvit.prepare(model, aiqvit.QuantConfig.for_method("repq", 4, 4), adapter=SwinDetectorAdapter())
+    calibrate_activations(model, [image_batch([(160, 160)], seed=s) for s in range(3)], show=False)
+    apply_reparameterization(model)
+    with aiqvit.quantization_disabled(model):
+        out = _feats(model, batch)
+        for a, b in zip(out, ref):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        for m in model.modules():  # back to mmdet's zero padding
+            if isinstance(m, ReparamSafeShiftWindowMSA):
+                m.__class__ = ShiftWindowMSA
+        broken = _feats(model, batch)
+    assert (broken[3] - ref[3]).abs().max() > 1e-2
+
+
+def test_run_accepts_raw_and_preprocessed_batches(detector):
+    from mmdet_helpers import image_batch
+
+    from aiqvit_detection.adapter import SwinDetectorAdapter, SwinDetectorFullAdapter
+
+    batch = image_batch([(128, 128)])
+    raw = SwinDetectorAdapter().run(detector, batch)
+    pre = SwinDetectorAdapter().run(detector, detector.data_preprocessor(batch, False))
+    for a, b in zip(raw, pre):
+        assert torch.equal(a, b)
+    preds = SwinDetectorFullAdapter().run(detector, batch)
+    assert len(preds) == 1 and hasattr(preds[0], "pred_instances")
+    with pytest.raises(aiqvit.CalibrationDataError, match="mmdet batch"):
+        SwinDetectorAdapter().run(detector, torch.zeros(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("scope", ["backbone", "full"])
+def test_quantize_changes_outputs_a_little_and_roundtrips(detector, scope, tmp_path):
+    from mmdet_helpers import image_batch, mini_config
+
+    from aiqvit_detection.quantization import (load_quantized_detector, quant_config, quantize_detector,
+                                               save_quantized_detector)
+
+    calib = [image_batch([(128, 128)], seed=10 + i) for i in range(4)]
+    batch = image_batch([(128, 128)], seed=99)
+    model = copy.deepcopy(detector)
+    config = quant_config("aiqvit", 8, 8, recon_iters=2, search_iters=2)
+    report = quantize_detector(model, calib, config, scope=scope, progress=False)
+    assert len(report.unit_losses) == 8 and len(report.dfq_intervals) == 8
+    q, ref = _feats(model, batch), _feats(detector, batch)
+    rel = [float((a - b).norm() / b.norm()) for a, b in zip(q, ref)]
+    assert all(0 < r < 0.2 for r in rel), rel
+    save_quantized_detector(model, mini_config(), tmp_path / "q")
+    _, loaded, meta = load_quantized_detector(tmp_path / "q")
+    assert meta["adapter"] == ("mmdet-swin" if scope == "backbone" else "mmdet-swin-full")
+    for a, b in zip(_feats(loaded, batch), q):
+        assert torch.equal(a, b)
+    _same_predictions(_predict(loaded, batch), _predict(model, batch))

@@ -1,0 +1,123 @@
+"""AIQViT adapters for timm's VisionTransformer (ViT, DeiT, DINOv2 with LayerScale) and SwinTransformer.
+
+Importing :mod:`aiqvit_vision` registers both with the core (``aiqvit.find_adapter`` picks them by
+``isinstance``).
+
+Reconstruction units:
+
+* ViT/DeiT/DINOv2: every transformer block (``blocks.i``).
+* Swin: every ``SwinTransformerBlock`` and, by default, every ``PatchMerging`` layer (their ``reduction``
+  Linear then gets the same reconstruction as the blocks; ``SwinAdapter(merging_units=False)`` leaves them
+  to the quantizer initialization alone). The patch embedding and the head are quantized and calibrated
+  by initialization only.
+
+Post-LayerNorm consumers (scale reparameterization folds a per-channel scale into the norm and these
+linears, so a norm may be listed only if nothing else reads its output):
+
+* pre-norm ``Block``: ``norm1 -> [attn.qkv (+ attn.gate)]``, ``norm2 -> [mlp.fc1]`` (or SwiGLU's two fc1);
+* Swin block: ``norm2 -> [mlp.fc1]`` always; ``norm1 -> [attn.qkv]`` only when the block's resolution is a
+  multiple of its window (and the patch embedding enforces the image size), because otherwise timm pads
+  the *normalized* map with zeros before ``qkv`` and those zeros would not follow the folded affine;
+* ``PatchMerging``: ``norm -> [reduction]`` (its padding happens before the norm).
+"""
+
+from __future__ import annotations
+
+from aiqvit import ModelAdapter, register_adapter
+from timm.layers import GluMlp, Mlp, SwiGLU
+from timm.layers.attention import Attention
+from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock, WindowAttention
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from .attention import QuantAttention, QuantWindowAttention
+
+
+def _foldable(norm: nn.Module) -> bool:
+    return isinstance(norm, nn.LayerNorm) and norm.elementwise_affine and norm.bias is not None
+
+
+def _mlp_inputs(mlp: nn.Module) -> list[nn.Module]:
+    if isinstance(mlp, SwiGLU):
+        return [mlp.fc1_g, mlp.fc1_x]
+    if isinstance(mlp, (Mlp, GluMlp)) and isinstance(mlp.fc1, nn.Linear):
+        return [mlp.fc1]
+    return []
+
+
+def _pre_norm_pairs(norm1, attn_inputs, norm2, mlp) -> list[tuple[nn.Module, list[nn.Module]]]:
+    pairs = []
+    if _foldable(norm1) and attn_inputs:
+        pairs.append((norm1, attn_inputs))
+    fc1 = _mlp_inputs(mlp)
+    if _foldable(norm2) and fc1:
+        pairs.append((norm2, fc1))
+    return pairs
+
+
+@register_adapter
+class ViTAdapter(ModelAdapter):
+    """timm ``VisionTransformer`` whose blocks use ``timm.layers.attention.Attention``."""
+
+    name = "timm-vit"
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return (isinstance(model, VisionTransformer) and len(model.blocks) > 0
+                and all(isinstance(getattr(b, "attn", None), Attention) for b in model.blocks))
+
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+
+    def attention_wrappers(self):
+        return {Attention: QuantAttention.wrap}
+
+    def layernorm_consumers(self, model: nn.Module):
+        pairs = []
+        for block in model.blocks:
+            if type(block) is not Block:  # post-norm / parallel variants read the norms differently
+                continue
+            attn_inputs = [block.attn.qkv] + ([block.attn.gate] if block.attn.gate is not None else [])
+            pairs += _pre_norm_pairs(block.norm1, attn_inputs, block.norm2, block.mlp)
+        return pairs
+
+
+def _swin_norm1_foldable(model: SwinTransformer, block: SwinTransformerBlock) -> bool:
+    strict = getattr(model.patch_embed, "strict_img_size", False)
+    h, w = block.input_resolution
+    wh, ww = block.window_size
+    return strict and h % wh == 0 and w % ww == 0
+
+
+@register_adapter
+class SwinAdapter(ModelAdapter):
+    """timm ``SwinTransformer`` (v1): ``WindowAttention`` with relative position bias and shift masks."""
+
+    name = "timm-swin"
+
+    def __init__(self, merging_units: bool = True):
+        self.merging_units = merging_units
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return isinstance(model, SwinTransformer)
+
+    def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
+        out = []
+        for name, module in model.named_modules():  # forward order: each stage merges first, then its blocks
+            if isinstance(module, SwinTransformerBlock) or (self.merging_units and isinstance(module, PatchMerging)):
+                out.append((name, module))
+        return out
+
+    def attention_wrappers(self):
+        return {WindowAttention: QuantWindowAttention.wrap}
+
+    def layernorm_consumers(self, model: nn.Module):
+        pairs = []
+        for module in model.modules():
+            if isinstance(module, SwinTransformerBlock):
+                norm1 = module.norm1 if _swin_norm1_foldable(model, module) else None
+                pairs += _pre_norm_pairs(norm1, [module.attn.qkv], module.norm2, module.mlp)
+            elif isinstance(module, PatchMerging) and _foldable(module.norm):
+                pairs.append((module.norm, [module.reduction]))
+        return pairs

@@ -1,0 +1,93 @@
+"""Calibration recipes (how much data and how many iterations) and config overrides.
+
+* ``paper``: the AIQViT paper's budget: 1,024 calibration images, 2,000 rank-search and 6,000 reconstruction
+  iterations per unit, batch 24.
+* ``fast``: the CPU default, sized so that ``aiqvit-vision quantize`` (ViT-S/14, W4/A4, calibration plus FP and
+  quantized evaluation of the test subset) stays within ~15 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiqvit import QuantConfig
+from aiqvit.errors import AIQViTError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    calib_images: int
+    calib_batch: int  # images per calibration batch handed to aiqvit.quantize
+    search_iters: int
+    recon_iters: int
+    batch_size: int  # samples per reconstruction / search step
+
+
+RECIPES = {
+    "fast": Recipe("fast", calib_images=128, calib_batch=32, search_iters=40, recon_iters=160, batch_size=8),
+    "paper": Recipe("paper", calib_images=1024, calib_batch=32, search_iters=2000, recon_iters=6000, batch_size=24),
+}
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise AIQViTError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return RECIPES[name]
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("true", "yes"):
+        return True
+    if low in ("false", "no"):
+        return False
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["lowrank=fixed", "lowrank_rank=20", "reconstruction.curriculum=false"]`` -> nested dict.
+
+    ``off`` stays a string (``lowrank=off`` is a mode, not a boolean); use ``false`` for booleans.
+    """
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise AIQViTError(f"config override {item!r} must look like key=value (e.g. lowrank=fixed)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] not in ("reconstruction", "search")):
+            raise AIQViTError(f"config override {key!r}: nested keys are reconstruction.<field> or search.<field>")
+        target = out
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+        target[parts[-1]] = _parse_value(value.strip())
+    return out
+
+
+def build_config(method: str, w_bits: int, a_bits: int, recipe: Recipe, seed: int = 0,
+                 overrides: dict | None = None) -> QuantConfig:
+    """The method's preset, the recipe's iteration budget, then ``overrides`` (top level and nested)."""
+    overrides = dict(overrides or {})
+    nested = {k: overrides.pop(k) for k in ("reconstruction", "search") if k in overrides}
+    known = {f for f in QuantConfig.__dataclass_fields__}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise AIQViTError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
+    config = QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **overrides)
+    config.reconstruction.iters = recipe.recon_iters
+    config.reconstruction.batch_size = recipe.batch_size
+    config.search.iters = recipe.search_iters
+    for section, values in nested.items():
+        obj = getattr(config, section)
+        for key, value in values.items():
+            if not hasattr(obj, key):
+                raise AIQViTError(f"unknown config key {section}.{key}")
+            setattr(obj, key, tuple(value) if key == "candidate_ranks" else value)
+    config.validate()
+    return config

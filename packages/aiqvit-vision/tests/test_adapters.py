@@ -1,0 +1,155 @@
+import copy
+
+import aiqvit
+import pytest
+import torch
+from aiqvit.api import apply_reparameterization, calibrate_activations
+from timm.models.deit import VisionTransformerDistilled
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+
+from aiqvit_vision import QuantAttention, QuantWindowAttention, SwinAdapter, ViTAdapter
+
+
+def _randomize_norms(model):
+    """Non-trivial LayerNorm affines and LayerScale gammas, so that folding errors would show."""
+    g = torch.Generator().manual_seed(3)
+    for p in model.parameters():
+        if p.ndim == 1:
+            p.data = p.data + 0.3 * torch.randn(p.shape, generator=g)
+    return model
+
+
+def tiny_vit_layerscale():
+    torch.manual_seed(0)
+    return _randomize_norms(VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                              num_classes=5, init_values=0.1, qkv_bias=True)).eval()
+
+
+def tiny_deit_distilled():
+    torch.manual_seed(1)
+    return _randomize_norms(VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3,
+                                                       num_classes=5)).eval()
+
+
+def tiny_swin(img_size=32, window=4):
+    torch.manual_seed(2)
+    return _randomize_norms(SwinTransformer(img_size=img_size, patch_size=2, window_size=window, embed_dim=24,
+                                            depths=(2, 2), num_heads=(2, 4), num_classes=5)).eval()
+
+
+def _prepared_copy(model, method="aiqvit", bits=4):
+    q = copy.deepcopy(model)
+    aiqvit.prepare(q, aiqvit.QuantConfig.for_method(method, bits, bits))
+    return q
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_deit_distilled, tiny_swin])
+def test_quantizers_off_equals_timm(build):
+    model = build()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)  # timm's own forward (fused SDPA for ViT/DeiT)
+    q = _prepared_copy(model)
+    with aiqvit.quantization_disabled(q), torch.no_grad():
+        out = q(x)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_attention_replaced_by_isinstance():
+    vit, swin = _prepared_copy(tiny_vit_layerscale()), _prepared_copy(tiny_swin())
+    assert all(isinstance(b.attn, QuantAttention) for b in vit.blocks)
+    swin_blocks = [b for stage in swin.layers for b in stage.blocks]
+    assert all(isinstance(b.attn, QuantWindowAttention) for b in swin_blocks)
+    assert any(b.attn_mask is not None for b in swin_blocks), "the fixture must exercise shifted windows"
+    # same child names as timm's modules: layer names do not change
+    names = {n for n, _ in vit.named_modules()}
+    assert {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.attn.quantizers"} <= names
+    assert aiqvit.get_info(swin).attention_names == [f"layers.{s}.blocks.{b}.attn" for s in (0, 1) for b in (0, 1)]
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_swin])
+def test_attention_operands_go_through_quantizers(build):
+    model = build()
+    q = _prepared_copy(model, "minmax", 8)
+    seen = {}
+
+    def record(name):
+        def hook(_m, args, _out):
+            seen.setdefault(name, []).append(args[0].detach())
+        return hook
+
+    first_attn = next(m for m in q.modules() if isinstance(m, aiqvit.AttentionQuantizers))
+    for kind in ("query", "key", "probs", "value"):
+        getattr(first_attn, f"{kind}_quantizer").register_forward_hook(record(kind))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    calibrate_activations(q, [x], show=False)
+    assert set(seen) == {"query", "key", "probs", "value"}
+    probs = seen["probs"][0]
+    assert probs.min() >= 0 and probs.max() <= 1
+    torch.testing.assert_close(probs.sum(-1), torch.ones_like(probs.sum(-1)))  # post-Softmax rows
+    uninitialized = [n for n, qz in aiqvit.quantizers(q) if "quantizers." in n and not bool(qz.initialized)]
+    assert not uninitialized
+    with torch.no_grad():
+        quantized, ref = q(x), model(x)
+    assert not torch.equal(quantized, ref)  # quantization is active ...
+    assert (quantized - ref).abs().max() < 0.1 * ref.abs().max()  # ... and W8/A8 stays close
+
+
+def test_vit_units_and_layernorm_consumers():
+    model = tiny_vit_layerscale()
+    adapter = ViTAdapter()
+    assert [n for n, _ in adapter.units(model)] == ["blocks.0", "blocks.1"]
+    pairs = adapter.layernorm_consumers(model)
+    expected = [(b.norm1, [b.attn.qkv]) for b in model.blocks] + [(b.norm2, [b.mlp.fc1]) for b in model.blocks]
+    assert sorted(map(lambda p: (id(p[0]), [id(c) for c in p[1]]), pairs)) == \
+        sorted(map(lambda p: (id(p[0]), [id(c) for c in p[1]]), expected))
+
+
+def test_swin_units_in_forward_order_and_merging_option():
+    model = tiny_swin()
+    names = [n for n, _ in SwinAdapter().units(model)]
+    assert names == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1.downsample", "layers.1.blocks.0",
+                     "layers.1.blocks.1"]
+    assert "layers.1.downsample" not in [n for n, _ in SwinAdapter(merging_units=False).units(model)]
+    pairs = SwinAdapter().layernorm_consumers(model)
+    merging = model.layers[1].downsample
+    assert any(n is merging.norm and c == [merging.reduction] for n, c in pairs)
+
+
+def test_swin_padding_guard_keeps_reparameterization_exact():
+    """20x20 tokens with window 8: timm pads the normalized map before qkv, so norm1 must not be folded."""
+    model = tiny_swin(img_size=40, window=8)
+    blocks = [b for stage in model.layers for b in stage.blocks]
+    pairs = SwinAdapter().layernorm_consumers(model)
+    folded = {id(n) for n, _ in pairs}
+    assert any(b.input_resolution[0] % b.window_size[0] for b in blocks)
+    for b in blocks:
+        padded = b.input_resolution[0] % b.window_size[0] != 0
+        assert (id(b.norm1) in folded) == (not padded)
+        assert id(b.norm2) in folded
+
+    q = _prepared_copy(model, "repq", 6)
+    x = torch.randn(2, 3, 40, 40, generator=torch.Generator().manual_seed(2))
+    calibrate_activations(q, [x], show=False)
+    apply_reparameterization(q)
+    with aiqvit.quantization_disabled(q), torch.no_grad():
+        torch.testing.assert_close(q(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_vit_reparameterization_is_exact_in_float():
+    model = tiny_vit_layerscale()
+    q = _prepared_copy(model, "repq", 6)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    calibrate_activations(q, [x], show=False)
+    apply_reparameterization(q)
+    with aiqvit.quantization_disabled(q), torch.no_grad():
+        torch.testing.assert_close(q(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_adapter_selection_by_type():
+    assert isinstance(aiqvit.find_adapter(tiny_vit_layerscale()), ViTAdapter)
+    assert isinstance(aiqvit.find_adapter(tiny_deit_distilled()), ViTAdapter)
+    assert isinstance(aiqvit.find_adapter(tiny_swin()), SwinAdapter)
+    with pytest.raises(aiqvit.AdapterError):
+        aiqvit.find_adapter(torch.nn.Sequential(torch.nn.Linear(2, 2)))
