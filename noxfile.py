@@ -80,3 +80,10 @@ def benchmark_pointcloud(session: nox.Session) -> None:
 def benchmark_detection(session: nox.Session) -> None:
     install_package(session, "detection")
     session.run("python", "benchmarks/detection/run.py", *session.posargs)
+
+
+@nox.session(name="quantize-default")
+def quantize_default(session: nox.Session) -> None:
+    """The main job end to end on the embedded default (``aiqvit-vision quantize`` with no arguments)."""
+    install_package(session, "vision")
+    session.run("aiqvit-vision", "quantize", *session.posargs)

@@ -100,3 +100,13 @@ def test_safetensors_compatibility(tmp_path):
     st.save_file(tensors, str(tmp_path / "theirs.safetensors"))
     ours, _ = load_file(tmp_path / "theirs.safetensors")
     assert all(torch.equal(ours[k], tensors[k]) for k in tensors)
+
+
+def test_roundtrip_with_every_input_reparameterized(calib_batches, tmp_path, test_inputs):
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, fast_config("aiqvit", channelwise_inputs="all"), progress_bar=False)
+    assert any(m.input_scale is not None for m in model.modules() if isinstance(m, aiqvit.QuantLinear))
+    aiqvit.save_quantized(model, tmp_path / "q")
+    loaded = aiqvit.load_quantized(make_outlier_toy(seed=3), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(test_inputs), model(test_inputs))

@@ -33,7 +33,7 @@ from .reconstruction import (
     reconstruct_unit,
     search_unit_ranks,
 )
-from .reparam import reparameterize_pair
+from .reparam import reparameterize_input, reparameterize_pair
 from .safetensors_io import load_file, save_file
 
 
@@ -96,9 +96,16 @@ def calibrate_activations(model: nn.Module, batches: list, show: bool = True) ->
 
 
 def apply_reparameterization(model: nn.Module) -> None:
+    """Fold every channel-wise Linear input into layer-wise form (norm affine, or the layer's own
+    input transform where the producer is not a norm)."""
     info = get_info(model)
+    folded = set()
     for norm_name, consumer_names in info.layernorm_consumers:
         reparameterize_pair(model.get_submodule(norm_name), [model.get_submodule(n) for n in consumer_names])
+        folded.update(consumer_names)
+    for name, layer in quant_layers(model):
+        if name not in folded and isinstance(layer, QuantLinear) and layer.input_quantizer.per_channel:
+            reparameterize_input(layer)
     info.reparam_done = True
 
 

@@ -15,6 +15,7 @@ from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
 LOWRANK_MODES = ("off", "fixed", "search")
 REPARAM_MODES = ("off", "before", "after")
+CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
 
 
@@ -63,6 +64,10 @@ class QuantConfig:
     softmax_quantizer: str = "dfq"
     dfq_top: str = "b2"
     reparam: str = "before"  # fold post-LN channel-wise scales before reconstruction (RepQ order) or after it
+    # which Linear inputs are calibrated channel-wise and reparameterized to layer-wise: the post-LN
+    # ones (the paper) or every Linear input (ours: post-GELU and attention-output inputs too, folded
+    # into the producer's requantization and the weights)
+    channelwise_inputs: str = "post_ln"
     lowrank: str = "search"
     lowrank_rank: int = 20
     reconstruct: bool = True
@@ -90,6 +95,7 @@ class QuantConfig:
         _choice("softmax_quantizer", self.softmax_quantizer, SOFTMAX_QUANTIZERS)
         _choice("dfq_top", self.dfq_top, ("b2", "one"))
         _choice("reparam", self.reparam, REPARAM_MODES)
+        _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
         _choice("lowrank", self.lowrank, LOWRANK_MODES)
         _choice("reconstruction.input_source", self.reconstruction.input_source, INPUT_SOURCES)
         if self.lowrank != "off" and not self.reconstruct:

@@ -28,6 +28,13 @@ class _QuantLayer(nn.Module):
         self.register_buffer("weight_is_quantized", torch.tensor(False))
         self.lowrank: nn.Module | None = None
         self.branch_inside_quantizer = True
+        # per-channel affine on the input, set by reparameterization of a non-norm producer
+        self.register_buffer("input_scale", None)
+        self.register_buffer("input_shift", None)
+
+    def set_input_transform(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
+        self.input_scale = scale.clone()
+        self.input_shift = shift.clone()
 
     def init_weight_quantizer(self) -> None:
         self.weight_quantizer.calibrate_from(self.merged_weight().detach())
@@ -56,6 +63,8 @@ class _QuantLayer(nn.Module):
         return self._apply(x, self.lowrank.delta(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_scale is not None:
+            x = x * self.input_scale + self.input_shift
         if not self.quant_active and not bool(self.weight_is_quantized):
             # Quantization off: the original float layer, low-rank branch ignored.
             return self._apply(x, self.weight, self.bias)

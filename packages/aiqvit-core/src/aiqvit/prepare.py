@@ -68,8 +68,13 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
             model.set_submodule(name, wrapped)
             attention_names.append(name)
 
-    channelwise_inputs = {n for _, lins in ln_pairs for n in lins} if config.reparam != "off" else set()
     layers = adapter.quantizable_layers(model)
+    if config.reparam == "off":
+        channelwise_inputs = set()
+    elif config.channelwise_inputs == "all":
+        channelwise_inputs = {n for n, m in layers if isinstance(m, nn.Linear)}
+    else:
+        channelwise_inputs = {n for _, lins in ln_pairs for n in lins}
     if not layers:
         raise AdapterError(f"adapter {adapter.name!r} found no Linear/Conv2d layers in {type(model).__name__}")
     layer_names = []

@@ -10,7 +10,10 @@ from . import primitives as P
 from .errors import check_bits
 
 INIT_METHODS = ("minmax", "percentile", "mse")
-_RESERVOIR = 1 << 16  # values (per-tensor) or rows (per-channel) kept for percentile/MSE init
+# Samples kept for percentile/MSE init: values (per-tensor) or rows of all channels (per-channel),
+# per observed batch and in total; beyond that, seeded random subsets.
+_KEEP_PER_BATCH = {False: 1 << 16, True: 1 << 11}
+_KEEP_TOTAL = {False: 1 << 20, True: 1 << 14}
 
 
 class Quantizer(nn.Module):
@@ -98,9 +101,15 @@ class UniformQuantizer(Quantizer):
         self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
         self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
         if self.init != "minmax":
-            keep = min(rows.shape[0], _RESERVOIR)
-            idx = torch.randperm(rows.shape[0], generator=self._generator)[:keep]
+            idx = torch.randperm(rows.shape[0], generator=self._generator)[: _KEEP_PER_BATCH[self.per_channel]]
             self._samples.append(rows[idx])
+
+    def _kept_samples(self) -> torch.Tensor:
+        rows = torch.cat(self._samples)
+        cap = _KEEP_TOTAL[self.per_channel]
+        if rows.shape[0] > cap:
+            rows = rows[torch.randperm(rows.shape[0], generator=self._generator)[:cap]]
+        return rows
 
     def _broadcast_shape(self, ref_ndim: int, channels: int) -> tuple[int, ...]:
         if not self.per_channel:
@@ -121,12 +130,13 @@ class UniformQuantizer(Quantizer):
             raise RuntimeError("quantizer saw no data during calibration")
         lo, hi = self._lo, self._hi
         if self.init == "percentile":
-            samples = torch.cat(self._samples)
             q = torch.tensor([1 - self.percentile / 100, self.percentile / 100])
-            qs = torch.quantile(samples[:: max(1, samples.shape[0] // 1_000_000)], q, dim=0)
+            rows = self._kept_samples()
+            step = max(1, (1 << 22) // rows.shape[0])  # torch.quantile refuses inputs over 16M elements
+            qs = torch.cat([torch.quantile(rows[:, i:i + step], q, dim=0) for i in range(0, rows.shape[1], step)], 1)
             lo, hi = qs[0], qs[1]
         elif self.init == "mse":
-            lo, hi = self._mse_range(torch.cat(self._samples), lo, hi)
+            lo, hi = self._mse_range(self._kept_samples(), lo, hi)
         scale, zp = P.affine_params_from_range(lo, hi, self.bits)
         shape = self._broadcast_shape(self._ref_ndim, scale.numel())
         self.scale.data = scale.reshape(shape).clone()
@@ -191,7 +201,7 @@ class DynamicFocusingQuantizer(Quantizer):
 
     def observe(self, x: torch.Tensor) -> None:
         flat = x.reshape(-1).float()
-        idx = torch.randperm(flat.numel(), generator=self._generator)[: _RESERVOIR]
+        idx = torch.randperm(flat.numel(), generator=self._generator)[: _KEEP_PER_BATCH[False]]
         self._samples.append(flat[idx])
 
     def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,7 +213,9 @@ class DynamicFocusingQuantizer(Quantizer):
         if not self._samples:
             raise RuntimeError("quantizer saw no data during calibration")
         x = torch.cat(self._samples)
-        sub = x[:: max(1, x.numel() // 1_000_000)]
+        if x.numel() > _KEEP_TOTAL[False]:
+            x = x[torch.randperm(x.numel(), generator=self._generator)[: _KEEP_TOTAL[False]]]
+        sub = x
         best = (float("inf"), 0.01, 0.2)
         for q in self.B2_QUANTILES:
             b2 = float(torch.quantile(sub, q)) if q < 1.0 else float(x.max())

@@ -154,10 +154,12 @@ def load_quantized(model: nn.Module, path: str | Path, adapter: ModelAdapter | N
 
 
 def _restore_layer_structure(model: nn.Module, state: dict) -> None:
-    """Reparameterization can give a bias to a layer that had none: recreate it."""
+    """Reparameterization can give a layer a bias or an input transform it had not: recreate them."""
     for name, layer in quant_layers(model):
         if layer.bias is None and name + ".bias" in state:
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]), requires_grad=False)
+        if layer.input_scale is None and name + ".input_scale" in state:
+            layer.set_input_transform(state[name + ".input_scale"], state[name + ".input_shift"])
 
 
 def _uniform_quantizers(model):
