@@ -8,15 +8,20 @@ as the paper; evaluation on the 300 val images). Numbers on synthetic data are n
     python benchmarks/detection/run.py --quick        # 2 models x 1 bit-width x 2 methods, small budget
 
 Writes benchmarks/results/detection.json (BenchmarkRecord list, merged), detection.md and
-detection_<model>.png. Targets are printed, not asserted.
+detection_<model>.png (rendered from every record of the JSON with this run's recipe). Targets are
+printed, not asserted. Models can run as separate processes (--models NAME) sharing one JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import fcntl
+import hashlib
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +49,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--quick", action="store_true", help="smoke run: W4/A4, minmax + aiqvit, 32 calibration "
                                                          "images, 60 val images, 20 iterations per block")
-    p.add_argument("--out", default=str(RESULTS / "detection.json"))
+    p.add_argument("--out", help="results JSON (default benchmarks/results/detection.json, "
+                                 "detection_quick.json with --quick); .md and plots go beside it")
     args = p.parse_args(argv)
+    args.out = args.out or str(RESULTS / ("detection_quick.json" if args.quick else "detection.json"))
     if args.quick:
         args.bits, args.methods = [4], ["minmax", "aiqvit"]
         args.calib_images, args.val_images = 32, args.val_images or 60
@@ -68,7 +75,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     from aiqvit.io_utils import BenchmarkRecord, git_commit, merge_records, peak_rss_mb
-
     from aiqvit_detection.data import build_dataset, calibration_batches
     from aiqvit_detection.evaluation import evaluate_detector
     from aiqvit_detection.models import embedded_model, load_detector
@@ -80,7 +86,6 @@ def main(argv=None) -> int:
     rec = recipe(args)
     notes = f"synthetic shapes data ({root.name}); reduced Swin-T backbone trained here; not COCO"
     start_all = time.perf_counter()
-    table: dict[str, dict] = {}
     for name in args.models:
         em = embedded_model(name)
         cfg, fp_model = load_detector(em.config_path, em.weights_path)
@@ -105,37 +110,78 @@ def main(argv=None) -> int:
                                        calib_seconds=round(calib_seconds, 1), peak_rss_mb=round(peak_rss_mb(), 1),
                                        seed=args.seed, git_commit=commit, notes=notes)
                        for key, _ in METRICS]
-            merge_records(args.out, records)
-            table.setdefault(name, {})[(method, bits)] = {r.metric: r.value for r in records}
+            with _locked(args.out):  # several model runs may share one results file
+                merge_records(args.out, records)
+                render(args, rec)  # tables and plots follow the results as they come
             print(f"{name:32s} {method:7s} W{bits or 32}/A{bits or 32}: box AP {records[0].value:5.2f} "
                   f"mask AP {records[1].value:5.2f} (calib {calib_seconds:.0f}s, total {time.perf_counter() - t0:.0f}s)",
                   flush=True)
             del model
     total = time.perf_counter() - start_all
-    print(f"total time: {total / 60:.1f} min with {args.threads} thread(s)")
-    write_markdown(Path(args.out).with_suffix(".md"), table, args, rec, total)
-    for name in table:
-        plot(Path(args.out).parent / f"detection_{name}.png", name, table[name], args)
+    print(f"total time: {total / 60:.1f} min with {args.threads} thread(s) ({', '.join(args.models)})")
+    with _locked(args.out):
+        table = render(args, rec)
     print_targets(table, args)
     return 0
+
+
+def render(args, rec: str) -> dict:
+    table = load_table(args.out, rec)
+    write_markdown(Path(args.out).with_suffix(".md"), table, args, rec)
+    for name in table:
+        plot(Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"), name, table[name], args)
+    return table
+
+
+@contextlib.contextmanager
+def _locked(path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"aiqvit-detection-{key}.lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def load_table(path, rec: str) -> dict:
+    """``{model: {(method, bits): {metric: value, "calib_seconds": s}}}`` of the records with this recipe."""
+    table: dict[str, dict] = {}
+    for r in json.loads(Path(path).read_text()):
+        if r["task"] == "detection" and r["recipe"] == rec:
+            cell = table.setdefault(r["model"], {}).setdefault((r["method"], r["w_bits"]), {})
+            cell[r["metric"]] = r["value"]
+            cell["calib_seconds"] = r["calib_seconds"]
+    order = {m: i for i, m in enumerate(("fp",) + METHODS)}
+    return {m: dict(sorted(runs.items(), key=lambda kv: (kv[0][1] or 0, order.get(kv[0][0], 99))))
+            for m, runs in sorted(table.items())}
 
 
 def _cell(v):
     return "-" if v is None else f"{v:.2f}"
 
 
-def write_markdown(path: Path, table: dict, args, rec: str, seconds: float) -> None:
+def write_markdown(path: Path, table: dict, args, rec: str) -> None:
     from aiqvit.io_utils import write_text_atomic
 
-    cmd = "python benchmarks/detection/run.py " + " ".join(sys.argv[1:])
+    # the table may gather several processes (one per model or bit-width): give the shared options
+    cmd = (f"python benchmarks/detection/run.py --scope {args.scope} --calib-images {args.calib_images}"
+           + (f" --val-images {args.val_images}" if args.val_images is not None else "")
+           + (f" --recon-iters {args.recon_iters}" if args.recon_iters is not None else "")
+           + (f" --search-iters {args.search_iters}" if args.search_iters is not None else ""))
     lines = ["# Detection benchmark (synthetic shapes data, reduced Swin-T detectors)", "",
-             f"Generated by `{cmd.strip()}` in {seconds / 60:.1f} min ({args.threads} thread(s)); recipe `{rec}`.",
-             "Box / mask AP (COCO mAP@[.5:.95], %) on the synthetic val set; these are not COCO numbers.", ""]
+             f"Generated by `{cmd}` (optionally split with --models/--bits; recipe `{rec}`, "
+             f"{args.threads} thread(s) per process).",
+             "Box / mask AP (COCO mAP@[.5:.95], %) on the synthetic val set; these are not COCO numbers.",
+             f"Quantized: {'the Swin backbone only' if args.scope == 'backbone' else 'backbone, neck and heads'}"
+             f" (scope `{args.scope}`); calibration seconds per run on this shared 2-core machine.", ""]
     for name, runs in table.items():
-        lines += [f"## {name}", "", "| method | W/A | box AP | mask AP |", "|---|---|---|---|"]
+        lines += [f"## {name}", "", "| method | W/A | box AP | mask AP | calib s |", "|---|---|---|---|---|"]
         for (method, bits), vals in runs.items():
             wa = "32/32" if bits is None else f"{bits}/{bits}"
-            lines.append(f"| {method} | {wa} | {_cell(vals.get('bbox_mAP'))} | {_cell(vals.get('segm_mAP'))} |")
+            lines.append(f"| {method} | {wa} | {_cell(vals.get('bbox_mAP'))} | {_cell(vals.get('segm_mAP'))} "
+                         f"| {vals.get('calib_seconds', 0):.0f} |")
         lines.append("")
     write_text_atomic(path, "\n".join(lines))
 
@@ -145,16 +191,18 @@ def plot(path: Path, name: str, runs: dict, args) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     from aiqvit.io_utils import atomic_path
 
     fp = runs.get(("fp", None), {})
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
-    methods = [m for m in args.methods]
-    width = 0.8 / max(1, len(args.bits))
+    methods = [m for m in METHODS if any(k[0] == m for k in runs)]
+    bits_list = sorted({b for (_, b) in runs if b is not None})
+    width = 0.8 / max(1, len(bits_list))
     for ax, (key, label) in zip(axes, METRICS):
-        for j, bits in enumerate(args.bits):
+        for j, bits in enumerate(bits_list):
             vals = [runs.get((m, bits), {}).get(key, 0.0) for m in methods]
-            xs = [i + (j - (len(args.bits) - 1) / 2) * width for i in range(len(methods))]
+            xs = [i + (j - (len(bits_list) - 1) / 2) * width for i in range(len(methods))]
             ax.bar(xs, vals, width=width, label=f"W{bits}/A{bits}")
         if key in fp:
             ax.axhline(fp[key], color="k", linestyle="--", linewidth=1, label="FP")
@@ -173,12 +221,12 @@ def print_targets(table: dict, args) -> None:
     print("\nTargets (printed, not asserted):")
     for name, runs in table.items():
         fp = runs.get(("fp", None), {})
-        for bits in args.bits:
+        for bits in sorted({b for (_, b) in runs if b is not None}):
             for key, label in METRICS:
                 ours = runs.get(("aiqvit", bits), {}).get(key)
                 if ours is None:
                     continue
-                others = {m: runs.get((m, bits), {}).get(key) for m in args.methods if m != "aiqvit"}
+                others = {m: runs.get((m, bits), {}).get(key) for m in METHODS if m != "aiqvit"}
                 best = max((v for v in others.values() if v is not None), default=None)
                 ahead = best is None or ours > best
                 gap = fp.get(key, float("nan")) - ours
@@ -186,7 +234,6 @@ def print_targets(table: dict, args) -> None:
                 print(f"  {name} W{bits}/A{bits} {label}: aiqvit {ours:.2f} vs best baseline "
                       f"{'-' if best is None else f'{best:.2f}'} -> {'ahead' if ahead else 'NOT ahead'}; "
                       f"FP - aiqvit = {gap:.2f} (target <= {allowed}) -> {'met' if gap <= allowed else 'NOT met'}")
-    print(json.dumps({"models": list(table)}, indent=None))
 
 
 if __name__ == "__main__":

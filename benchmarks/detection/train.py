@@ -51,15 +51,15 @@ def main(argv=None) -> dict:
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--time-iters", type=int, help="only time this many iterations, write nothing")
     p.add_argument("--out", help="checkpoint path (default: the package's weights/ file)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate an existing checkpoint and write its record")
+    p.add_argument("--train-seconds", type=float, help="with --eval-only, for a checkpoint without that metadata")
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     from mmengine.optim import build_optim_wrapper
     from mmengine.runner import set_random_seed
 
-    from aiqvit_detection.data import build_dataset
-    from aiqvit_detection.evaluation import evaluate_detector
-    from aiqvit_detection.models import build_detector, load_config, load_detector_weights, save_fp16_safetensors
+    from aiqvit_detection.models import build_detector, load_config, save_fp16_safetensors
     from aiqvit_detection.synthetic import SyntheticSpec, cached_dataset
 
     em = EMBEDDED_MODELS[args.model]
@@ -69,6 +69,15 @@ def main(argv=None) -> dict:
         cfg.optim_wrapper.optimizer.lr = args.lr
     spec = SyntheticSpec()
     root = cached_dataset(spec)
+    out = Path(args.out) if args.out else em.weights_path
+    if args.eval_only:
+        from safetensors import safe_open
+
+        with safe_open(str(out), "pt") as f:
+            meta = f.metadata()
+        seconds = meta.get("train_seconds", args.train_seconds)  # older checkpoints lack it: pass it
+        lr = meta.get("lr", args.lr)
+        return evaluate_and_record(cfg, em, args, out, root, spec, int(meta["iters"]), float(seconds), float(lr))
     model = build_detector(cfg, init_weights=True)
     model.train()
     optim = build_optim_wrapper(model, cfg.optim_wrapper)
@@ -104,22 +113,30 @@ def main(argv=None) -> dict:
         print(json.dumps(result))
         return result
 
-    out = Path(args.out) if args.out else em.weights_path
-    save_fp16_safetensors(model, out, metadata={"model": args.model, "iters": str(it), "seed": str(args.seed)})
-    # evaluate what is shipped: the fp16 weights, loaded back into float32
+    save_fp16_safetensors(model, out, metadata={"model": args.model, "iters": str(it), "seed": str(args.seed),
+                                                "train_seconds": f"{seconds:.1f}", "lr": str(base_lrs[0])})
+    return evaluate_and_record(cfg, em, args, out, root, spec, it, seconds, base_lrs[0])
+
+
+def evaluate_and_record(cfg, em, args, out: Path, root: Path, spec, iters: int, seconds: float, lr: float) -> dict:
+    """Evaluate what is shipped (the fp16 weights, loaded into float32) and write the JSON record."""
+    from aiqvit.io_utils import write_json_atomic
+    from aiqvit_detection.data import build_dataset
+    from aiqvit_detection.evaluation import evaluate_detector
+    from aiqvit_detection.models import build_detector, load_detector_weights
+
     eval_model = build_detector(cfg)
     load_detector_weights(eval_model, out)
     val = build_dataset(cfg, root, "val")
     metrics = evaluate_detector(eval_model, val, batch_size=args.eval_batch_size)
-    record = {"model": args.model, "config": em.config, "iters": it, "batch_size": args.batch_size,
-              "lr": base_lrs[0], "warmup": args.warmup, "seed": args.seed, "threads": args.threads,
+    record = {"model": args.model, "config": em.config, "iters": iters, "batch_size": args.batch_size,
+              "lr": lr, "warmup": args.warmup, "seed": args.seed, "threads": args.threads,
               "train_seconds": round(seconds, 1), "dataset": spec.key(), "val_images": len(val),
               "bbox_mAP": metrics["bbox_mAP"], "segm_mAP": metrics["segm_mAP"],
               "bbox_mAP_50": metrics["bbox_mAP_50"], "segm_mAP_50": metrics["segm_mAP_50"],
               "checkpoint_bytes": out.stat().st_size,
-              "command": f"python benchmarks/detection/train.py --model {args.model} --iters {args.iters} "
-                         f"--batch-size {args.batch_size} --seed {args.seed}"}
-    from aiqvit.io_utils import write_json_atomic
+              "command": f"python benchmarks/detection/train.py --model {args.model} --iters {iters} "
+                         f"--batch-size {args.batch_size} --lr {lr:g} --warmup {args.warmup} --seed {args.seed}"}
     write_json_atomic(out.with_suffix(".json"), record)
     print(json.dumps(record, indent=2))
     return record

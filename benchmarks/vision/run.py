@@ -51,8 +51,8 @@ def run_setting(job: dict) -> dict:
     """Worker: build the task's float model, quantize it with one setting, evaluate; returns a result dict."""
     _setup_threads(job["threads"])
     import torch
-    from aiqvit.io_utils import peak_rss_mb
 
+    from aiqvit.io_utils import peak_rss_mb
     from aiqvit_vision import pipeline
     from aiqvit_vision.recipes import build_config, get_recipe
 
@@ -74,7 +74,6 @@ def fp_and_histograms(task_name: str, args) -> tuple[dict, dict]:
     """FP accuracy of a task and the post-Softmax histograms of its float model on calibration images."""
     _setup_threads(args.threads)
     import aiqvit
-
     from aiqvit_vision import pipeline
     from aiqvit_vision.data import calibration_batches
     from aiqvit_vision.plots import softmax_histograms
@@ -109,7 +108,6 @@ def plan(args) -> list[dict]:
 
 def _record(task, label, bits, value, recipe, seconds, rss, seed, commit, notes, metric="top1"):
     from aiqvit.io_utils import BenchmarkRecord
-
     from aiqvit_vision import tasks
 
     return BenchmarkRecord(task=task, model=tasks.get_task(task).description, method=label, w_bits=bits, a_bits=bits,
@@ -122,6 +120,8 @@ def _fmt(v):
 
 
 def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple[str, str, str]]) -> str:
+    from aiqvit_vision.recipes import RECIPES
+
     lines = ["# Vision benchmark (Fashion-MNIST tasks)", "",
              f"Rerun: `{command}` (lead: `nox -s benchmark-vision`). Every number below comes from "
              "`benchmarks/results/vision.json`.", "",
@@ -134,8 +134,9 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
              "matmuls); W = A bits; weights per output channel, activations per tensor.",
              "- Calibration: seeded images from the Fashion-MNIST TRAIN split only (recipe below); evaluation: "
              "top-1 on the test split (size in the notes column of the JSON).",
-             "- Recipes: `fast` = 128 calibration images, 40 rank-search + 160 reconstruction iterations per unit, "
-             "batch 8; `paper` = 1,024 images, 2,000 + 6,000 iterations, batch 24.",
+             "- Recipes (`aiqvit_vision.recipes`): " + "; ".join(
+                 f"`{r.name}` = {r.calib_images} calibration images, {r.search_iters} rank-search + {r.recon_iters} "
+                 f"reconstruction iterations per unit, batch {r.batch_size}" for r in RECIPES.values()) + ".",
              "- Each setting runs in its own process: calibration seconds and peak RSS are that process's.", ""]
     for task in sorted({r["task"] for r in records}):
         rows = [r for r in records if r["task"] == task and r["metric"] == "top1"]
@@ -158,9 +159,9 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
                   "| target | measured | met |", "|---|---|---|"]
         lines += [f"| {t} | {m} | {ok} |" for t, m, ok in targets]
         lines.append("")
-    lines += ["## Plots", "", "`vision_<task>_accuracy_vs_bits.png`, `vision_<task>_softmax_dfq_W<b>A<b>.png` "
+    lines += ["## Plots", "", "`vision_<task>_accuracy_vs_bits.png`, `vision_<task>_softmax_dfq_W<b>A<b>-<recipe>.png` "
               "(post-Softmax histograms of the float model with the learned DFQ interval per block), "
-              "`vision_<task>_ranks_W<b>A<b>.png` (searched rank per layer).", ""]
+              "`vision_<task>_ranks_W<b>A<b>-<recipe>.png` (searched rank per layer).", ""]
     return "\n".join(lines)
 
 
@@ -169,6 +170,8 @@ def target_checks(records: list[dict]) -> list[tuple[str, str, str]]:
     fp = next((r["value"] for r in rows if r["method"] == "fp"), None)
     get = {(r["method"], r["w_bits"]): r for r in rows}
     out = []
+    if not any(r["method"] != "fp" for r in rows):
+        return out
 
     def add(name, measured, ok):
         out.append((name, measured, "yes" if ok else ("no" if ok is not None else "n/a")))
@@ -216,7 +219,6 @@ def main(argv=None):
             p.error(f"unknown --only labels {sorted(unknown)}; valid: {list(ALL_METHODS) + list(ABLATIONS)}")
 
     from aiqvit.io_utils import git_commit, merge_records, write_json_atomic
-
     from aiqvit_vision import tasks
     from aiqvit_vision.plots import DETAILS_FILE, plots_from_results
 

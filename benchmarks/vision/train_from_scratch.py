@@ -28,10 +28,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from aiqvit.io_utils import atomic_path
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from aiqvit.io_utils import atomic_path
 from aiqvit_vision import tasks
 from aiqvit_vision.data import loader
 from aiqvit_vision.evaluate import evaluate

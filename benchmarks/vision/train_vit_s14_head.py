@@ -10,8 +10,9 @@ Protocol (seeded, reproducible):
    ``packages/aiqvit-vision/src/aiqvit_vision/weights/vit_s14_fmnist_head.safetensors``.
 4. With ``--eval-test`` (default), report the test accuracy of the whole fp16-head model on the 10k test set.
 
-Rerun: ``OMP_NUM_THREADS=1 python benchmarks/vision/train_vit_s14_head.py`` (~100 ms per image per core for the
-feature pass at 112 px: 10k train + 10k test images take ~35 min on one busy core).
+Rerun: ``OMP_NUM_THREADS=1 python benchmarks/vision/train_vit_s14_head.py``. Sizing: the feature pass at 112 px
+costs 70-100 ms per image on one free core (measured 72 ms at batch 50); the 10k train images took 38 minutes on
+the shared 2-core machine under a load of ~10 (``--no-eval-test`` skips the 10k test pass, which costs as much).
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from aiqvit.io_utils import atomic_path, write_json_atomic
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from aiqvit.io_utils import atomic_path, write_json_atomic
 from aiqvit_vision import tasks
 from aiqvit_vision.cache import cache_dir
 from aiqvit_vision.data import FashionMNIST, loader, seeded_subset

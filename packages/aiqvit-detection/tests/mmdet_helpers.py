@@ -27,7 +27,8 @@ def random_detector(name: str = "mask-rcnn-swin-t-mini", seed: int = 0):
                 m.weight.mul_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
                 m.bias.add_(0.3 * torch.randn(m.bias.shape, generator=g))
             elif isinstance(m, WindowMSA):
-                m.relative_position_bias_table.copy_(0.5 * torch.randn(m.relative_position_bias_table.shape, generator=g))
+                table = m.relative_position_bias_table
+                table.copy_(0.5 * torch.randn(table.shape, generator=g))
     return cfg, model.eval()
 
 

@@ -39,15 +39,15 @@ def _gt_as_predictions(batch):
 
 def test_mmdet_coco_metric_scores_ground_truth_one_and_hand_case(tiny_coco):
     from mmdet.evaluation import CocoMetric
+    from mmdet_helpers import mini_config
 
     from aiqvit_detection.data import build_dataset, iterate_batches
-    from mmdet_helpers import mini_config
 
     val = build_dataset(mini_config(), tiny_coco, "val")
     metric = CocoMetric(ann_file=val.ann_file, metric=["bbox", "segm"])
     metric.dataset_meta = val.metainfo
     for batch in iterate_batches(val):
-        metric.process(batch, _gt_as_predictions(batch))
+        metric.process(batch, [p.to_dict() for p in _gt_as_predictions(batch)])
     res = metric.evaluate(len(val))
     assert res["coco/bbox_mAP"] == pytest.approx(1.0) and res["coco/segm_mAP"] == pytest.approx(1.0)
 
@@ -58,7 +58,7 @@ def test_mmdet_coco_metric_scores_ground_truth_one_and_hand_case(tiny_coco):
         preds = _gt_as_predictions(batch)
         for p in preds:
             p.pred_instances = p.pred_instances[torch.arange(len(p.pred_instances)) % 2 == 0]
-        metric.process(batch, preds)
+        metric.process(batch, [p.to_dict() for p in preds])
     assert 0.2 < metric.evaluate(len(val))["coco/bbox_mAP"] < 0.8
 
 
@@ -69,12 +69,13 @@ def test_cli_quantize_then_evaluate_on_tiny_fixture(tiny_coco, mini_checkpoint, 
     out = tmp_path / "q"
     rc = main(["quantize", "--config", str(config), "--checkpoint", str(ckpt), "--coco-root", str(tiny_coco),
                "--method", "minmax", "--w-bits", "6", "--a-bits", "6", "--calib-images", "4", "--evaluate",
-               "--out", str(out)])
+               "--max-images", "3", "--out", str(out)])
     assert rc == 0, capsys.readouterr().err
     summary = json.loads((out / "detector.json").read_text())["summary"]
     assert summary["calib_images"] == 4 and 0 <= summary["metrics"]["bbox_mAP"] <= 1
     capsys.readouterr()
-    rc = main(["evaluate", "--quantized", str(out), "--coco-root", str(tiny_coco), "--json", str(tmp_path / "m.json")])
+    rc = main(["evaluate", "--quantized", str(out), "--coco-root", str(tiny_coco), "--max-images", "3",
+               "--json", str(tmp_path / "m.json")])
     assert rc == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["bbox_mAP"] == pytest.approx(summary["metrics"]["bbox_mAP"])
@@ -145,6 +146,26 @@ def test_real_photos_load_and_evaluate(mini_checkpoint):
     val = build_dataset(cfg, root, "val", classes=LABELME_CLASSES)
     assert len(val) == 3
     sample = val[0]
-    assert sample["inputs"].shape[0] == 3 and min(sample["inputs"].shape[1:]) > 300  # real photo sizes
+    assert sample["inputs"].shape[0] == 3 and min(sample["data_samples"].ori_shape) > 300  # real photo sizes
     res = evaluate_detector(model, val, progress=False)
     assert 0.0 <= res["bbox_mAP"] <= 1.0 and 0.0 <= res["segm_mAP"] <= 1.0
+
+
+class _GroundTruthModel(torch.nn.Module):
+    """A 'detector' whose predictions are the ground truth of its batch."""
+
+    def test_step(self, batch):
+        return _gt_as_predictions(batch)
+
+
+def test_evaluate_detector_on_all_and_on_the_first_images(tiny_coco):
+    from mmdet_helpers import mini_config
+
+    from aiqvit_detection.data import build_dataset
+    from aiqvit_detection.evaluation import evaluate_detector
+
+    val = build_dataset(mini_config(), tiny_coco, "val")
+    full = evaluate_detector(_GroundTruthModel(), val, batch_size=4, progress=False)
+    first = evaluate_detector(_GroundTruthModel(), val, max_images=2, progress=False)  # images 3-6 not scored
+    for res in (full, first):
+        assert res["bbox_mAP"] == pytest.approx(1.0) and res["segm_mAP"] == pytest.approx(1.0)

@@ -105,3 +105,10 @@ def test_missing_root_annotation_or_image_is_a_clear_error(tiny_coco, tmp_path):
     (broken / "annotations" / "instances_val2017.json").write_text("{not json")
     with pytest.raises(DatasetError, match="not valid JSON"):
         check_coco_root(broken, "val")
+
+
+def test_an_image_does_not_depend_on_the_split_sizes():
+    small, big = SyntheticSpec(train_images=1, val_images=24), SyntheticSpec()
+    a, oa = generate_image(small, "val", 5)
+    b, ob = generate_image(big, "val", 5)
+    assert np.array_equal(a, b) and oa == ob

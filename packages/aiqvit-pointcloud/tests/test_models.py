@@ -86,3 +86,28 @@ def test_config_and_input_errors():
         PointTransformerConfig.from_dict({"depth": 3})
     with pytest.raises(ValueError, match=r"\(B, N, 3\)"):
         tiny("cls")(torch.randn(2, 64, 6))
+
+
+def test_geometry_cache_is_exact_and_bounded():
+    torch.manual_seed(0)
+    model = tiny("partseg")
+    model.geometry_cache.size = 2
+    x, cat = torch.randn(2, 64, 3), torch.tensor([0, 1])
+    with torch.no_grad():
+        first = model(x, cat)
+        assert len(model.geometry_cache.entries) == 1
+        again = model(x.clone(), cat)  # equal coordinates in another tensor: a hit
+        assert len(model.geometry_cache.entries) == 1
+        torch.testing.assert_close(first, again, atol=0, rtol=0)
+        y = x.clone()
+        y[0, 5, 1] += 1e-3  # any change misses
+        model(y, cat)
+        model(torch.randn(2, 64, 3), cat)
+        assert len(model.geometry_cache.entries) == 2
+        model.geometry_cache.size = 0
+        model.geometry_cache.clear()
+        torch.testing.assert_close(model(y, cat), model(y.clone(), cat))
+        assert not model.geometry_cache.entries
+    model.train()
+    model(x, cat)
+    assert not model.geometry_cache.entries  # training never caches

@@ -103,7 +103,8 @@ def test_cuda_kernels_agree_with_torch():
         ops.farthest_point_sample(xyz, 128, backend="torch").tolist()
     feats = torch.randn(2, 512, 16, generator=g).cuda()
     _, idx = ops.knn(xyz, xyz, 16)
-    torch.testing.assert_close(ops.index_points(feats, idx, backend="cuda"), ops.index_points(feats, idx, backend="torch"))
+    torch.testing.assert_close(ops.index_points(feats, idx, backend="cuda"),
+                               ops.index_points(feats, idx, backend="torch"))
     coarse = xyz[:, :128].contiguous()
     i1, w1 = ops.three_nn_weights(xyz, coarse, backend="cuda")
     i2, w2 = ops.three_nn_weights(xyz, coarse, backend="torch")

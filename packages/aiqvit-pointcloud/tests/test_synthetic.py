@@ -14,13 +14,29 @@ def test_at_least_ten_categories_with_parts():
     assert all(len(parts) >= 2 for parts in seg.values())
 
 
-def test_every_category_generates_all_its_parts():
+def test_every_category_generates_all_its_parts(monkeypatch):
+    monkeypatch.setattr(S, "OCCLUSION_PROB", 0.0)  # a cut may hide a part; whole objects show them all
     for i, cat in enumerate(S.CATEGORIES):
         pts, parts = S.generate_object(cat, 1024, np.random.default_rng([9, i]))
         assert pts.shape == (1024, 3) and pts.dtype == np.float32
         assert set(np.unique(parts)) == set(S.seg_classes()[cat]), cat
         radius = np.sqrt((pts**2).sum(1))
         assert radius.max() < 1.05 and radius.max() > 0.9  # unit sphere (plus jitter)
+
+
+def test_occlusion_cuts_away_one_side():
+    pts = np.random.default_rng(0).standard_normal((2000, 3))
+    for i in range(20):
+        keep = S.occlusion_mask(pts, np.random.default_rng([5, i]))
+        assert S.OCCLUSION_KEEP[0] - 0.01 <= keep.mean() <= S.OCCLUSION_KEEP[1] + 0.01
+        # a plane separates kept from removed points: the linear classifier of the cut is exact
+        direction = np.random.default_rng([5, i]).standard_normal(3)
+        proj = (pts - pts.mean(0)) @ direction
+        assert proj[keep].max() <= proj[~keep].min()
+    # occluded objects still have the requested number of distinct points
+    for i in range(10):
+        obj, _ = S.generate_object("table", 512, np.random.default_rng([6, i]))
+        assert obj.shape == (512, 3) and len(np.unique(obj, axis=0)) == 512
 
 
 def test_generation_is_seeded_and_order_independent():

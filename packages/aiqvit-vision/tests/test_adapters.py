@@ -1,13 +1,13 @@
 import copy
 
-import aiqvit
 import pytest
 import torch
-from aiqvit.api import apply_reparameterization, calibrate_activations
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 
+import aiqvit
+from aiqvit.api import apply_reparameterization, calibrate_activations
 from aiqvit_vision import QuantAttention, QuantWindowAttention, SwinAdapter, ViTAdapter
 
 

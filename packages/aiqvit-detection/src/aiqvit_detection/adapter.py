@@ -35,13 +35,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mmdet.models.backbones.swin import ShiftWindowMSA, SwinBlock, SwinTransformer, WindowMSA
+from mmdet.models.detectors.base import BaseDetector
+from mmdet.models.layers import PatchMerging
 from torch import nn
 
 import aiqvit
 from aiqvit import AttentionQuantizers, ModelAdapter
-from mmdet.models.backbones.swin import ShiftWindowMSA, SwinBlock, SwinTransformer, WindowMSA
-from mmdet.models.detectors.base import BaseDetector
-from mmdet.models.layers import PatchMerging
 
 SCOPES = ("backbone", "full")
 
@@ -155,7 +155,7 @@ class ReparamSafeShiftWindowMSA(ShiftWindowMSA):
                 cnt += 1
         mask_windows = self.window_partition(img_mask).view(-1, self.window_size * self.window_size)
         attn_mask = mask_windows.unsqueeze(1) - mask_windows.unsqueeze(2)
-        return attn_mask.masked_fill(attn_mask != 0, float(-100.0)).masked_fill(attn_mask == 0, float(0.0))
+        return attn_mask.masked_fill(attn_mask != 0, (-100.0)).masked_fill(attn_mask == 0, 0.0)
 
 
 def swin_backbone(model: nn.Module) -> SwinTransformer:

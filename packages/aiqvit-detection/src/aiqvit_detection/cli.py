@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiqvit.errors import AIQViTError
 
-from .coco_layout import CocoLayout
+from .coco_layout import CocoLayout, check_coco_root
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -89,8 +89,9 @@ def _layout(args) -> CocoLayout:
     return CocoLayout(args.train_ann, args.val_ann, args.train_images, args.val_images)
 
 
-def _detector_from_args(args):
-    """``(cfg, model, coco_root)`` for --model or --config/--checkpoint."""
+def _detector_from_args(args, splits: tuple[str, ...]):
+    """``(cfg, model, coco_root)`` for --model or --config/--checkpoint; the root's ``splits`` are
+    checked first, so that a bad root fails before a large model is loaded."""
     from .models import embedded_model, load_detector
 
     if args.model:
@@ -99,22 +100,23 @@ def _detector_from_args(args):
         em = embedded_model(args.model)
         if not em.weights_path.is_file():
             raise AIQViTError(f"{em.weights_path} is missing: train it with benchmarks/detection/train.py")
-        cfg, model = load_detector(em.config_path, em.weights_path, args.device)
-        root = args.coco_root
+        config, checkpoint, root = em.config_path, em.weights_path, args.coco_root
         if root is None:
             from .synthetic import cached_dataset
             root = cached_dataset()
-        return cfg, model, root
-    if not (args.config and args.checkpoint):
-        raise AIQViTError("give --model NAME, or both --config and --checkpoint")
-    if not args.coco_root:
-        raise AIQViTError("--coco-root is required with --config/--checkpoint")
-    cfg, model = load_detector(args.config, args.checkpoint, args.device)
-    return cfg, model, args.coco_root
+    else:
+        if not (args.config and args.checkpoint):
+            raise AIQViTError("give --model NAME, or both --config and --checkpoint")
+        if not args.coco_root:
+            raise AIQViTError("--coco-root is required with --config/--checkpoint")
+        config, checkpoint, root = args.config, args.checkpoint, args.coco_root
+    for split in splits:
+        check_coco_root(root, split, _layout(args))
+    cfg, model = load_detector(config, checkpoint, args.device)
+    return cfg, model, root
 
 
 def cmd_quantize(args) -> dict:
-    import aiqvit
     from aiqvit.io_utils import peak_rss_mb
 
     from .data import build_dataset, calibration_batches
@@ -123,7 +125,7 @@ def cmd_quantize(args) -> dict:
 
     config = quant_config(args.method, args.w_bits, args.a_bits, seed=args.seed, recon_iters=args.recon_iters,
                           search_iters=args.search_iters)
-    cfg, model, root = _detector_from_args(args)
+    cfg, model, root = _detector_from_args(args, ("train", "val") if args.evaluate else ("train",))
     layout = _layout(args)
     train = build_dataset(cfg, root, "train", layout)
     if args.evaluate:
@@ -136,9 +138,8 @@ def cmd_quantize(args) -> dict:
                "dfq_intervals": report.dfq_intervals, "config": config.to_dict()}
     if args.evaluate:
         summary["metrics"] = evaluate_detector(model, val, max_images=args.max_images)
-    model.dataset_meta = train.metainfo.get("classes")
-    save_quantized_detector(model, cfg, args.out, extra={"summary": summary})
-    del aiqvit
+    save_quantized_detector(model, cfg, args.out,
+                            extra={"summary": summary, "classes": list(train.metainfo.get("classes", ()))})
     return summary
 
 
@@ -156,7 +157,7 @@ def cmd_evaluate(args) -> dict:
         if root is None:
             raise AIQViTError("--coco-root is required")
     else:
-        cfg, model, root = _detector_from_args(args)
+        cfg, model, root = _detector_from_args(args, ("val",))
     val = build_dataset(cfg, root, "val", _layout(args))
     start = time.perf_counter()
     metrics = evaluate_detector(model, val, batch_size=args.batch_size, max_images=args.max_images)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,10 +171,12 @@ def embedded_model(name: str) -> EmbeddedModel:
 
 def save_fp16_safetensors(model: nn.Module, path: str | Path, metadata: dict[str, str] | None = None) -> None:
     """Float weights as fp16 (integer buffers unchanged), written atomically."""
-    from aiqvit.io_utils import atomic_path
     from safetensors.torch import save_file
+
+    from aiqvit.io_utils import atomic_path
 
     state = {k: (v.detach().half() if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata or {})
+        os.chmod(tmp, 0o644)  # a shipped file: readable by everyone

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -23,10 +24,11 @@ def quant_config(method: str, w_bits: int, a_bits: int, seed: int = 0, recon_ite
                  search_iters: int | None = None, **overrides) -> aiqvit.QuantConfig:
     """The core's preset for ``method``; ``recon_iters``/``search_iters`` set the per-unit budgets."""
     config = aiqvit.QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **overrides)
+    # replace, never mutate: a preset's sub-config object may be shared between calls
     if recon_iters is not None:
-        config.reconstruction.iters = recon_iters
+        config.reconstruction = dataclasses.replace(config.reconstruction, iters=recon_iters)
     if search_iters is not None:
-        config.search.iters = search_iters
+        config.search = dataclasses.replace(config.search, iters=search_iters)
     config.validate()
     return config
 
@@ -40,15 +42,14 @@ def quantize_detector(model: nn.Module, calib_batches: list, config: aiqvit.Quan
 
 def save_quantized_detector(model: nn.Module, cfg, out_dir: str | Path, extra: dict | None = None) -> Path:
     """``out_dir/``: the core's packed model (``quantized/``), the mmdet config it was built from,
-    and ``detector.json`` (classes, scope, anything in ``extra``). Written atomically."""
+    and ``detector.json`` (the adapter's name and anything in ``extra``). Written atomically."""
     out_dir = Path(out_dir)
     info = aiqvit.get_info(model)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir()
         aiqvit.save_quantized(model, tmp / QUANTIZED_SUBDIR)
         cfg.dump(str(tmp / DETECTOR_CONFIG))
-        meta = {"adapter": info.adapter.name, "classes": list(getattr(model, "dataset_meta", None) or []),
-                **(extra or {})}
+        meta = {"adapter": info.adapter.name, **(extra or {})}
         (tmp / DETECTOR_META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return out_dir
 
@@ -67,6 +68,8 @@ def load_quantized_detector(out_dir: str | Path, device: str = "cpu"):
     if adapter_cls is None:
         raise CheckpointError(f"{out_dir} names an unknown adapter {meta.get('adapter')!r}")
     cfg = load_config(out_dir / DETECTOR_CONFIG)
-    model = build_detector(cfg)
+    # move before preparing: aiqvit 0.1.0's quantized layers override nn.Module._apply, so a
+    # prepared model cannot be moved with .to()
+    model = build_detector(cfg, device=device)
     aiqvit.load_quantized(model, out_dir / QUANTIZED_SUBDIR, adapter=adapter_cls())
-    return cfg, model.to(device).eval(), meta
+    return cfg, model.eval(), meta

@@ -267,10 +267,41 @@ class Level:
     interp_weight: torch.Tensor | None = None
 
 
+class GeometryCache:
+    """The geometry of the last few distinct inputs (eval mode only).
+
+    Calibration runs the network over the same batches once per reconstruction unit; FPS and kNN
+    are a large share of that cost and depend on the coordinates alone. Entries are matched by
+    exact equality of the coordinates, so a hit is always correct.
+    """
+
+    def __init__(self, size: int = 32):
+        self.size = size
+        self.entries: list[tuple[torch.Tensor, bool, list[Level]]] = []
+
+    def get(self, xyz: torch.Tensor, with_interp: bool) -> list[Level] | None:
+        for i, (key, interp, levels) in enumerate(self.entries):
+            if (interp or not with_interp) and key.shape == xyz.shape and key.device == xyz.device \
+                    and torch.equal(key, xyz):
+                self.entries.append(self.entries.pop(i))  # most recently used last
+                return levels
+        return None
+
+    def put(self, xyz: torch.Tensor, with_interp: bool, levels: list[Level]) -> None:
+        if self.size <= 0:
+            return
+        self.entries.append((xyz.detach().clone(), with_interp, levels))
+        del self.entries[: max(0, len(self.entries) - self.size)]
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+
 class _PointTransformerBase(nn.Module):
     def __init__(self, config: PointTransformerConfig):
         super().__init__()
         self.config = config
+        self.geometry_cache = GeometryCache()
         c = config
         stages = [Stage(Stem(c.in_channels, c.widths[0]), c.widths[0], c.depths[0], c.share_planes)]
         for i in range(1, len(c.widths)):
@@ -279,7 +310,16 @@ class _PointTransformerBase(nn.Module):
         self.encoder = nn.ModuleList(stages)
 
     def geometry(self, xyz: torch.Tensor, with_interp: bool = False) -> list[Level]:
-        """Sampled coordinates and neighbour indices of every level (no gradients)."""
+        """Sampled coordinates and neighbour indices of every level (no gradients); cached in eval mode."""
+        if self.training:
+            return self._compute_geometry(xyz, with_interp)
+        levels = self.geometry_cache.get(xyz, with_interp)
+        if levels is None:
+            levels = self._compute_geometry(xyz, with_interp)
+            self.geometry_cache.put(xyz, with_interp, levels)
+        return levels
+
+    def _compute_geometry(self, xyz: torch.Tensor, with_interp: bool) -> list[Level]:
         c = self.config
         with torch.no_grad():
             levels = [Level(xyz, ops.knn(xyz, xyz, min(c.k, xyz.shape[1]))[1])]

@@ -94,7 +94,8 @@ def knn(query: torch.Tensor, ref: torch.Tensor, k: int) -> tuple[torch.Tensor, t
 def index_points(x: torch.Tensor, idx: torch.Tensor, backend: str | None = None) -> torch.Tensor:
     """Gather per-sample rows: ``x (B, N, C)``, ``idx (B, *S)`` -> ``(B, *S, C)``."""
     if x.ndim != 3 or idx.shape[0] != x.shape[0]:
-        raise ValueError(f"index_points wants x (B, N, C) and idx (B, ...), got {tuple(x.shape)} and {tuple(idx.shape)}")
+        raise ValueError(f"index_points wants x (B, N, C) and idx (B, ...), "
+                         f"got {tuple(x.shape)} and {tuple(idx.shape)}")
     if idx.ndim == 3 and _use_kernels(x, backend):
         grouped = _pointnet2_utils().grouping_operation(x.transpose(1, 2).contiguous(), idx.int().contiguous())
         return grouped.permute(0, 2, 3, 1)

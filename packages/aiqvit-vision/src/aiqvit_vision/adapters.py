@@ -23,12 +23,13 @@ linears, so a norm may be listed only if nothing else reads its output):
 
 from __future__ import annotations
 
-from aiqvit import ModelAdapter, register_adapter
 from timm.layers import GluMlp, Mlp, SwiGLU
 from timm.layers.attention import Attention
 from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTransformerBlock, WindowAttention
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+
+from aiqvit import ModelAdapter, register_adapter
 
 from .attention import QuantAttention, QuantWindowAttention
 

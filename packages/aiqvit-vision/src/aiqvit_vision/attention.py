@@ -15,19 +15,22 @@ With the quantizers disabled this equals timm's float module (up to the fused-vs
 
 from __future__ import annotations
 
-from typing import Optional
+import copy
 
 import torch
-from aiqvit import AttentionQuantizers
 from timm.layers.attention import Attention, maybe_add_mask, resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
 from torch import nn
+
+from aiqvit import AttentionQuantizers
 
 
 def _adopt(module: nn.Module, cls: type, quantizers: AttentionQuantizers) -> nn.Module:
     """A ``cls`` instance (a subclass of ``type(module)``) sharing ``module``'s state, plus ``quantizers``."""
     new = cls.__new__(cls)
-    state = {k: (dict(v) if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
+    # shallow copies of the registries (_modules, _parameters, hooks, ...): adding ``quantizers`` to the
+    # replacement must not add it to the original
+    state = {k: (copy.copy(v) if isinstance(v, dict) else v) for k, v in module.__dict__.items()}
     new.__dict__.update(state)
     new.fused_attn = False
     new.quantizers = quantizers
@@ -40,10 +43,10 @@ class QuantAttention(Attention):
     quantizers: AttentionQuantizers
 
     @classmethod
-    def wrap(cls, module: Attention, quantizers: AttentionQuantizers) -> "QuantAttention":
+    def wrap(cls, module: Attention, quantizers: AttentionQuantizers) -> QuantAttention:
         return _adopt(module, cls, quantizers)
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if self.gate is not None else None
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -69,10 +72,10 @@ class QuantWindowAttention(WindowAttention):
     quantizers: AttentionQuantizers
 
     @classmethod
-    def wrap(cls, module: WindowAttention, quantizers: AttentionQuantizers) -> "QuantWindowAttention":
+    def wrap(cls, module: WindowAttention, quantizers: AttentionQuantizers) -> QuantWindowAttention:
         return _adopt(module, cls, quantizers)
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B_, N, _ = x.shape
         qkv = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from aiqvit import METHODS
 from aiqvit.errors import AIQViTError
 
@@ -33,8 +34,12 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--pretrained", action="store_true", help="download timm's pretrained weights (needs the hub)")
     g.add_argument("--num-classes", type=int)
     g.add_argument("--img-size", type=int)
+    g.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help='extra timm constructor arguments for --model, e.g. \'{"depth": 6}\'')
     g.add_argument("--data", help="ImageFolder root with train/ (calibration) and val/ (evaluation)")
     g.add_argument("--fmnist-root", help="directory of the Fashion-MNIST IDX .gz files (default: Debian's)")
+    g.add_argument("--download-data", action="store_true",
+                   help="download Fashion-MNIST with torchvision when no local copy is found (needs internet)")
     g.add_argument("--eval-size", type=int, default=DEFAULT_EVAL_SIZE,
                    help=f"seeded test subset to evaluate (default {DEFAULT_EVAL_SIZE}; 0 = the whole test split)")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
@@ -42,11 +47,22 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true")
 
 
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
+
+
 def _spec(args) -> pipeline.ModelSpec:
     task = args.task if (args.task or args.model) else tasks.DEFAULT_TASK
     return pipeline.ModelSpec(task=task, model=args.model, weights=args.weights, pretrained=args.pretrained,
-                              num_classes=args.num_classes, img_size=args.img_size, data=args.data,
-                              fmnist_root=args.fmnist_root).validate()
+                              num_classes=args.num_classes, img_size=args.img_size,
+                              model_kwargs=args.model_kwargs, data=args.data,
+                              fmnist_root=args.fmnist_root, download=args.download_data).validate()
 
 
 def _eval_size(args):
@@ -80,7 +96,7 @@ def cmd_quantize(args) -> int:
            "overrides": parse_overrides(args.set), "config": config.to_dict(), "eval_size": q["n"],
            "fp_top1": fp["top1"] if fp else None, "quant_top1": q["top1"], "quant_top5": q["top5"],
            "calib_seconds": round(calib_s, 1), "ranks": report.ranks, "dfq_intervals": report.dfq_intervals}
-    pipeline.save_run(model.cpu(), out_dir, spec, run)
+    pipeline.save_run(pipeline.to_device(model, "cpu"), out_dir, spec, run)
     saved = pipeline.dir_size(out_dir)
     print(f"\n{spec.label}: {args.method} W{args.w_bits}/A{args.a_bits} ({recipe.name} recipe, "
           f"{run['calib_images']} calibration images from the train split, seed {args.seed})")

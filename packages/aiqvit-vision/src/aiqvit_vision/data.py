@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from aiqvit.errors import AIQViTError, CalibrationDataError
 from torch.utils.data import DataLoader, Dataset, Subset
+
+from aiqvit.errors import AIQViTError, CalibrationDataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,17 +59,17 @@ def fashion_mnist_root(root: str | Path | None = None, download: bool = False) -
     Looked up in order: ``root``; ``$AIQVIT_FASHION_MNIST``; Debian's ``dataset-fashion-mnist``
     (``/usr/share/datasets/fashion-mnist``); a torchvision download into the cache when ``download=True``.
     """
-    candidates = [Path(root)] if root is not None else []
-    if os.environ.get("AIQVIT_FASHION_MNIST"):
-        candidates.append(Path(os.environ["AIQVIT_FASHION_MNIST"]))
-    candidates.append(DEBIAN_FASHION_MNIST)
     needed = [f for pair in FASHION_MNIST_FILES.values() for f in pair]
+    if root is not None:
+        missing = [f for f in needed if not (Path(root) / f).is_file()]
+        if missing:
+            raise DataLayoutError(f"{root} lacks the Fashion-MNIST files {missing}")
+        return Path(root)
+    candidates = [Path(os.environ["AIQVIT_FASHION_MNIST"])] if os.environ.get("AIQVIT_FASHION_MNIST") else []
+    candidates.append(DEBIAN_FASHION_MNIST)
     for c in candidates:
         if all((c / f).is_file() for f in needed):
             return c
-    if root is not None:
-        missing = [f for f in needed if not (Path(root) / f).is_file()]
-        raise DataLayoutError(f"{root} lacks the Fashion-MNIST files {missing}")
     if download:
         from torchvision.datasets import FashionMNIST as TVFashionMNIST
 
@@ -80,7 +81,8 @@ def fashion_mnist_root(root: str | Path | None = None, download: bool = False) -
         return target / "FashionMNIST" / "raw"
     raise DataLayoutError(
         "Fashion-MNIST not found: install Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist), "
-        "set AIQVIT_FASHION_MNIST to a directory with the four IDX .gz files, or allow the torchvision download"
+        "set AIQVIT_FASHION_MNIST to a directory with the four IDX .gz files, or allow the torchvision download "
+        "(aiqvit-vision --download-data)"
     )
 
 
@@ -152,7 +154,8 @@ def image_folder(root: str | Path, transform, classes: list[str] | None = None):
 
 def imagenet_style_splits(data_dir: str | Path, model, train_name: str = "train", val_name: str = "val"):
     """``(train, val)`` ImageFolder datasets with timm's eval transform of ``model`` (resize, center crop,
-    mean/std from its pretrained config). The train split is only sampled for calibration."""
+    mean/std from its pretrained config; the input size is the model's own when it was built with another
+    ``img_size``). The train split is only sampled for calibration."""
     import timm.data
 
     data_dir = Path(data_dir)
@@ -161,6 +164,10 @@ def imagenet_style_splits(data_dir: str | Path, model, train_name: str = "train"
             raise DataLayoutError(f"{data_dir} must contain '{train_name}/' and '{val_name}/' ImageFolder trees; "
                                   f"'{name}/' is missing")
     config = timm.data.resolve_data_config({}, model=model)
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None and tuple(size) != tuple(config["input_size"][1:]):
+        # built with img_size=...: the pretrained config's input size no longer applies
+        config["input_size"] = (config["input_size"][0], *size)
     transform = timm.data.create_transform(**config, is_training=False)
     train = image_folder(data_dir / train_name, transform)
     val = image_folder(data_dir / val_name, transform, classes=train.classes)

@@ -25,6 +25,7 @@ import re
 from pathlib import Path
 
 import torch
+
 from aiqvit.errors import CheckpointError
 from aiqvit.io_utils import atomic_path
 

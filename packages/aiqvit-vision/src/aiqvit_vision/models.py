@@ -7,8 +7,9 @@ from pathlib import Path
 import timm
 import torch
 import torch.nn.functional as F
-from aiqvit.errors import AIQViTError, CheckpointError
 from torch import nn
+
+from aiqvit.errors import AIQViTError, CheckpointError
 
 
 class UnknownModelError(AIQViTError):

@@ -9,11 +9,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiqvit
 import torch
-from aiqvit.errors import AIQViTError, CheckpointError
-from aiqvit.io_utils import peak_rss_mb, write_json_atomic
 from torch import nn
+
+import aiqvit
+from aiqvit.errors import AIQViTError, CheckpointError
+from aiqvit.io_utils import write_json_atomic
 
 from . import tasks
 from .data import calibration_batches, imagenet_style_splits, loader, seeded_subset
@@ -35,10 +36,12 @@ class ModelSpec:
     pretrained: bool = False
     num_classes: int | None = None
     img_size: int | None = None
+    model_kwargs: dict | None = None  # extra timm constructor arguments, e.g. {"depth": 6}
     data: str | None = None
     fmnist_root: str | None = None
+    download: bool = False  # allow torchvision to download Fashion-MNIST when no local copy is found
 
-    def validate(self) -> "ModelSpec":
+    def validate(self) -> ModelSpec:
         if (self.task is None) == (self.model is None):
             raise AIQViTError("give either a built-in task (--task) or a timm model name (--model), not both")
         if self.model is not None and self.data is None:
@@ -55,8 +58,9 @@ class ModelSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
-        return cls(**{k: d.get(k) for k in (f.name for f in dataclasses.fields(cls))}).validate()
+    def from_dict(cls, d: dict) -> ModelSpec:
+        fields = {f.name: f.default for f in dataclasses.fields(cls)}
+        return cls(**{k: d.get(k, default) for k, default in fields.items()}).validate()
 
 
 def build(spec: ModelSpec) -> tuple[nn.Module, torch.utils.data.Dataset, torch.utils.data.Dataset]:
@@ -64,9 +68,10 @@ def build(spec: ModelSpec) -> tuple[nn.Module, torch.utils.data.Dataset, torch.u
     spec.validate()
     if spec.task is not None:
         task = tasks.get_task(spec.task)
-        return task.build(), task.dataset("train", spec.fmnist_root), task.dataset("test", spec.fmnist_root)
+        return (task.build(), task.dataset("train", spec.fmnist_root, spec.download),
+                task.dataset("test", spec.fmnist_root, spec.download))
     model = create_model(spec.model, pretrained=spec.pretrained, weights=spec.weights,
-                         num_classes=spec.num_classes, img_size=spec.img_size)
+                         num_classes=spec.num_classes, img_size=spec.img_size, **(spec.model_kwargs or {}))
     train, val = imagenet_style_splits(spec.data, model)
     head_out = getattr(model, "num_classes", None)
     if head_out and head_out < len(train.classes):
@@ -88,10 +93,19 @@ def eval_split(dataset, eval_size: int | None):
     return seeded_subset(dataset, eval_size, EVAL_SUBSET_SEED)
 
 
+def to_device(model: nn.Module, device) -> nn.Module:
+    """``model.to(device)`` only when needed: aiqvit 0.1.0's quantized layers override ``nn.Module._apply``
+    (their matmul helper), so ``.to()`` on a prepared model raises until the core renames it."""
+    device = torch.device(device)
+    if all(t.device == device for t in list(model.parameters()) + list(model.buffers())):
+        return model
+    return model.to(device)
+
+
 def accuracy(model: nn.Module, dataset, eval_size: int | None = None, batch_size: int = 100, desc: str = "evaluate",
              progress: bool = True, device="cpu") -> dict:
-    return evaluate(model.to(device), loader(eval_split(dataset, eval_size), batch_size), device=device, desc=desc,
-                    progress=progress)
+    return evaluate(to_device(model, device), loader(eval_split(dataset, eval_size), batch_size), device=device,
+                    desc=desc, progress=progress)
 
 
 def save_run(model: nn.Module, out_dir: str | Path, spec: ModelSpec, run: dict) -> dict:
@@ -127,6 +141,3 @@ def dir_size(path: str | Path) -> int:
 def float_size_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if t.is_floating_point())
 
-
-def current_peak_rss_mb() -> float:
-    return peak_rss_mb()

@@ -16,6 +16,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+
 from aiqvit.io_utils import atomic_path  # noqa: E402
 
 DETAILS_FILE = "vision_details.json"
@@ -96,7 +97,7 @@ def plot_softmax_histograms(task: str, hists: dict, intervals: dict, out_dir: Pa
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(f"{task}: post-Softmax values (FP model) and learned DFQ interval, {setting}", fontsize=10)
+    fig.suptitle(f"{task}: post-Softmax values (FP model) and learned DFQ interval, {setting}", fontsize=10, y=1.02)
     return _save(fig, out_dir / f"vision_{task}_softmax_dfq_{setting}.png")
 
 

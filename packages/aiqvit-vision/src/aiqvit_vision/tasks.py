@@ -16,14 +16,15 @@ The reductions keep training on a shared 2-core CPU at ~15 minutes per model.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
-from aiqvit.errors import AIQViTError, CheckpointError
 from torch import nn
+
+from aiqvit.errors import AIQViTError, CheckpointError
 
 from .cache import cache_dir
 from .data import IMAGENET_MEAN, IMAGENET_STD, FashionMNIST
@@ -42,7 +43,6 @@ class Task:
     weights_file: str  # file name under aiqvit_vision/weights (or the cache)
     mean: tuple = IMAGENET_MEAN
     std: tuple = IMAGENET_STD
-    notes: dict = field(default_factory=dict)
 
     def dataset(self, split: str, root=None, download: bool = False) -> FashionMNIST:
         return FashionMNIST(split, resolution=self.resolution, root=root, mean=self.mean, std=self.std,

@@ -87,11 +87,13 @@ def load_for_model(path: str | Path, num_points: int, seed: int = 0) -> np.ndarr
     exactly ``num_points`` points (a seeded subset, or drawn with replacement when the file has fewer)."""
     path = _existing(path)
     o3d = require_open3d()
-    mesh = o3d.io.read_triangle_mesh(str(path)) if path.suffix.lower() not in (".pcd", ".xyz", ".xyzn", ".pts") else None
+    cloud_only = path.suffix.lower() in (".pcd", ".xyz", ".xyzn", ".pts")
+    mesh = None if cloud_only else o3d.io.read_triangle_mesh(str(path))
     if mesh is not None and len(mesh.triangles) > 0:
         points = sample_mesh(path, num_points, seed=seed)
     else:
         points = read_point_cloud(path)
     rng = np.random.default_rng(seed)
-    idx = rng.permutation(len(points))[:num_points] if len(points) >= num_points else rng.choice(len(points), num_points)
+    n = len(points)
+    idx = rng.permutation(n)[:num_points] if n >= num_points else rng.choice(n, num_points)
     return normalize_unit_sphere(points[idx]).astype(np.float32)

@@ -1,12 +1,15 @@
 """SyntheticParts: a procedurally generated, seeded stand-in for ModelNet40 / ShapeNetPart.
 
-Neither real dataset can be downloaded here, so the default data is synthetic: 12 object
+Neither real dataset can be downloaded here, so the default data is synthetic: 15 object
 categories assembled from parametric parts (boxes, cylinders, frusta, ellipsoids, torus arcs,
-spherical caps) with random proportions, each point labelled with its part (34 parts in all,
-global ids as in ShapeNetPart). Each object is sampled on its surface (points per primitive
-proportional to its area), randomly scaled per axis, rotated about the up axis (y) and slightly
-tilted, normalized to the unit sphere and jittered. Object ``i`` of a split is generated from
-its own seed ``(seed, split, i)``, so the data does not depend on generation order.
+spherical caps) with random proportions, each point labelled with its part (40 parts in all,
+global ids as in ShapeNetPart). Some categories are close on purpose (table / bench / stool,
+bottle / vase, chair / sofa, lamp / umbrella) so that classification is not trivial. Each object
+is sampled on its surface (points per primitive proportional to its area), randomly scaled per
+axis, rotated about the up axis (y) and slightly tilted; most objects are then partially occluded
+(the points beyond a random plane are cut away, as in a single scan), normalized to the unit
+sphere and jittered. Object ``i`` of a split is generated from its own seed ``(seed, split, i)``,
+so the data does not depend on generation order.
 
 Results on it are reported as "SyntheticParts (synthetic)", never as ModelNet40/ShapeNetPart.
 """
@@ -21,7 +24,7 @@ import numpy as np
 
 from .common import PointCloudDataset, cache_dir
 
-VERSION = 1
+VERSION = 2
 SPLITS = {"train": 0, "test": 1}
 
 # category -> its part names (global part ids follow this order)
@@ -38,6 +41,9 @@ CATEGORY_PARTS: dict[str, list[str]] = {
     "table": ["top", "legs"],
     "umbrella": ["canopy", "shaft", "handle"],
     "sofa": ["base", "back", "arms"],
+    "stool": ["seat", "legs"],
+    "vase": ["body", "neck"],
+    "bench": ["seat", "legs"],
 }
 CATEGORIES = list(CATEGORY_PARTS)
 
@@ -298,8 +304,66 @@ def _sofa(rng):
             (2, box((w / 2 - wa / 2, h + ha / 2, tb / 2), (wa, ha, d - tb)))]
 
 
+def _stool(rng):
+    h = rng.uniform(0.5, 0.9)
+    n_legs = int(rng.choice([3, 4]))
+    if rng.random() < 0.5:
+        r = rng.uniform(0.2, 0.35)
+        seat = cylinder((0, h, 0), rng.uniform(0.04, 0.08), r)
+    else:
+        r = rng.uniform(0.2, 0.35)
+        seat = box((0, h + 0.03, 0), (2 * r, 0.06, 2 * r))
+    splay = rng.uniform(0.0, 0.25)
+    parts = [(0, seat)]
+    for i in range(n_legs):
+        a = 2 * np.pi * i / n_legs + np.pi / 4
+        foot = np.array([np.cos(a), 0, np.sin(a)]) * (r * 0.8 + splay * h)
+        top = np.array([np.cos(a), 0, np.sin(a)]) * r * 0.8 + np.array([0, h, 0])
+        d = top - foot
+        length = float(np.linalg.norm(d))
+        tilt = np.arccos(d[1] / length)
+        rot = _rot_y(-a) @ _rot_z(tilt) if tilt > 1e-6 else _I
+        # rot maps local y onto the leg direction (tilted outwards along the leg's azimuth)
+        parts.append((1, cylinder(foot, length, rng.uniform(0.02, 0.04), rot, caps=False)))
+    return parts
+
+
+def _vase(rng):
+    rb, rm, hb = rng.uniform(0.15, 0.3), rng.uniform(0.3, 0.5), rng.uniform(0.7, 1.2)
+    rn, hn = rng.uniform(0.1, 0.2), rng.uniform(0.15, 0.45)
+    split = rng.uniform(0.3, 0.7)
+    lip = rn * rng.uniform(1.0, 1.5)
+    return [(0, frustum((0, 0, 0), hb * split, rb, rm, cap_top=False)),
+            (0, frustum((0, hb * split, 0), hb * (1 - split), rm, rn, cap_bottom=False, cap_top=False)),
+            (1, frustum((0, hb, 0), hn, rn, lip, cap_bottom=False, cap_top=False))]
+
+
+def _bench(rng):
+    w, d, h = rng.uniform(1.2, 2.2), rng.uniform(0.3, 0.55), rng.uniform(0.35, 0.55)
+    t = rng.uniform(0.04, 0.1)
+    parts = [(0, box((0, h + t / 2, 0), (w, t, d)))]
+    inset = rng.uniform(0.05, 0.25)
+    if rng.random() < 0.5:  # two panel legs
+        for x in (-w / 2 + inset, w / 2 - inset):
+            parts.append((1, box((x, h / 2, 0), (0.05, h, d * 0.9))))
+    else:
+        parts += [(1, p) for p in _legs(rng, (-w / 2 + inset, w / 2 - inset), (-d / 2 + 0.05, d / 2 - 0.05), h,
+                                        rng.uniform(0.025, 0.045), square=rng.random() < 0.5)]
+    return parts
+
+
 BUILDERS = {"airplane": _airplane, "bed": _bed, "bottle": _bottle, "car": _car, "chair": _chair, "guitar": _guitar,
-            "lamp": _lamp, "mug": _mug, "rocket": _rocket, "table": _table, "umbrella": _umbrella, "sofa": _sofa}
+            "lamp": _lamp, "mug": _mug, "rocket": _rocket, "table": _table, "umbrella": _umbrella, "sofa": _sofa,
+            "stool": _stool, "vase": _vase, "bench": _bench}
+OCCLUSION_PROB = 0.7  # share of objects cut by a random plane
+OCCLUSION_KEEP = (0.55, 0.9)  # fraction of the points kept by a cut
+
+
+def occlusion_mask(pts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Keep the points on one side of a random plane (a share ``OCCLUSION_KEEP`` of them)."""
+    direction = rng.standard_normal(3)
+    proj = (pts - pts.mean(0)) @ (direction / np.linalg.norm(direction))
+    return proj <= np.quantile(proj, rng.uniform(*OCCLUSION_KEEP))
 
 
 def generate_object(category: str, num_points: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -309,21 +373,26 @@ def generate_object(category: str, num_points: int, rng: np.random.Generator) ->
     areas = np.array([a for _, (a, _) in prims])
     # mostly by area; a floor keeps thin parts (poles, handles) visible
     p = 0.85 * areas / areas.sum() + 0.15 / len(prims)
-    counts = rng.multinomial(num_points, p / p.sum())
+    total = int(num_points / OCCLUSION_KEEP[0]) + 1  # enough points to survive the deepest cut
+    counts = rng.multinomial(total, p / p.sum())
     pts = np.concatenate([sample(rng, c) for (_, (_, sample)), c in zip(prims, counts)])
     labels = np.concatenate([np.full(c, offset + part) for (part, _), c in zip(prims, counts)])
     pts = pts * rng.uniform(0.85, 1.15, size=3)
     rot = _rot_y(rng.uniform(0, 2 * np.pi)) @ _rot_x(rng.normal(0, 0.05)) @ _rot_z(rng.normal(0, 0.05))
     pts = pts @ rot.T
+    if rng.random() < OCCLUSION_PROB:
+        keep = occlusion_mask(pts, rng)
+        pts, labels = pts[keep], labels[keep]
+    pick = rng.permutation(len(pts))[:num_points]
+    pts, labels = pts[pick], labels[pick]
     pts -= (pts.max(0) + pts.min(0)) / 2
     pts /= np.sqrt((pts**2).sum(1)).max()
-    pts += np.clip(rng.normal(0, 0.008, pts.shape), -0.025, 0.025)
-    order = rng.permutation(num_points)
-    return pts[order].astype(np.float32), labels[order].astype(np.int16)
+    pts += np.clip(rng.normal(0, 0.01, pts.shape), -0.03, 0.03)
+    return pts.astype(np.float32), labels.astype(np.int16)
 
 
 def generate_split(split: str, size: int, num_points: int = 1024, seed: int = 0):
-    """``size`` objects, categories balanced (object i is category ``i % 12``)."""
+    """``size`` objects, categories balanced (object i is category ``i % len(CATEGORIES)``)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
     points = np.empty((size, num_points, 3), np.float32)
@@ -335,11 +404,12 @@ def generate_split(split: str, size: int, num_points: int = 1024, seed: int = 0)
     return points, labels.astype(np.int64), parts
 
 
-DEFAULT_SIZES = {"train": 2400, "test": 600}
+DEFAULT_SIZES = {"train": 2400, "test": 600}  # 160 / 40 per category
 
 
-def load_synthetic(split: str = "train", num_points: int = 512, *, size: int | None = None, points_per_object: int = 1024,
-                   seed: int = 0, train: bool | None = None, cache: bool = True) -> PointCloudDataset:
+def load_synthetic(split: str = "train", num_points: int = 512, *, size: int | None = None,
+                   points_per_object: int = 1024, seed: int = 0, train: bool | None = None,
+                   cache: bool = True) -> PointCloudDataset:
     """The SyntheticParts split (generated once, then read from the cache).
 
     ``num_points``: points each item draws from the ``points_per_object`` generated ones.

@@ -1,7 +1,7 @@
 # Cascade Mask R-CNN with the reduced Swin-T-architecture backbone of
 # mask-rcnn_swin-t-mini_synthetic.py (same backbone, neck, RPN, data and optimizer), and
 # mmdet's three-stage cascade-mask-rcnn_r50_fpn heads reduced as there: 256-unit box FCs,
-# 64-channel mask heads, 128 sampled RoIs per stage, 5 classes.
+# 2-conv 64-channel mask heads, 64 sampled RoIs per stage, 5 classes.
 _base_ = './mask-rcnn_swin-t-mini_synthetic.py'
 
 _stds = [[0.1, 0.1, 0.2, 0.2], [0.05, 0.05, 0.1, 0.1], [0.033, 0.033, 0.067, 0.067]]
@@ -33,7 +33,7 @@ model = dict(
             out_channels={{_base_.fpn_channels}},
             featmap_strides=[4, 8, 16, 32]),
         mask_head=dict(
-            type='FCNMaskHead', num_convs=4, in_channels={{_base_.fpn_channels}},
+            type='FCNMaskHead', num_convs=2, in_channels={{_base_.fpn_channels}},
             conv_out_channels={{_base_.fpn_channels}}, num_classes=5,
             loss_mask=dict(type='CrossEntropyLoss', use_mask=True, loss_weight=1.0))),
     train_cfg=dict(
@@ -47,7 +47,7 @@ model = dict(
         rcnn=[
             dict(assigner=dict(type='MaxIoUAssigner', pos_iou_thr=t, neg_iou_thr=t, min_pos_iou=t,
                                match_low_quality=False, ignore_iof_thr=-1),
-                 sampler=dict(type='RandomSampler', num=128, pos_fraction=0.25, neg_pos_ub=-1,
+                 sampler=dict(type='RandomSampler', num=64, pos_fraction=0.25, neg_pos_ub=-1,
                               add_gt_as_proposals=True),
                  mask_size=28, pos_weight=-1, debug=False)
             for t in _ious

@@ -5,8 +5,8 @@
 #             window 4 (7) so that the 32/16/8/4 token grids of a 128x128 image tile exactly,
 #             no drop path; patch size 4, mlp ratio 4, qkv bias, patch norm and shifted windows unchanged;
 #   neck/heads: 64 FPN channels (256), anchor scale 4 (8) for 14-56 px objects, 256-unit box FCs (1024),
-#             128 sampled RoIs per image (512), 5 classes;
-#   data: 128x128 images, no resize, horizontal flip for training.
+#             2 mask-head convs of 64 channels (4 of 256), 64 sampled RoIs per image (512), 5 classes;
+#   data: images resized to fit 128x128 (the synthetic ones are 128x128), horizontal flip for training.
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 
 classes = ('disk', 'square', 'triangle', 'star', 'cross')
@@ -41,10 +41,11 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=fpn_channels),
         bbox_head=dict(in_channels=fpn_channels, fc_out_channels=256, num_classes=len(classes)),
         mask_roi_extractor=dict(out_channels=fpn_channels),
-        mask_head=dict(in_channels=fpn_channels, conv_out_channels=fpn_channels, num_classes=len(classes))),
+        mask_head=dict(num_convs=2, in_channels=fpn_channels, conv_out_channels=fpn_channels,
+                       num_classes=len(classes))),
     train_cfg=dict(
         rpn_proposal=dict(nms_pre=1000, max_per_img=500),
-        rcnn=dict(sampler=dict(num=128))),
+        rcnn=dict(sampler=dict(num=64))),
     test_cfg=dict(
         rpn=dict(nms_pre=500, max_per_img=300),
         rcnn=dict(max_per_img=50)))
@@ -52,11 +53,13 @@ model = dict(
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
     dict(type='RandomFlip', prob=0.5),
     dict(type='PackDetInputs'),
 ]
 test_pipeline = [
     dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=(image_size, image_size), keep_ratio=True),
     dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
     dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor')),
 ]

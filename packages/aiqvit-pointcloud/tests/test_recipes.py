@@ -1,0 +1,37 @@
+import pytest
+from aiqvit.errors import AIQViTError
+
+from aiqvit_pointcloud.recipes import RECIPES, parse_overrides, quant_config
+
+
+def test_recipe_sets_the_budget_of_reconstructing_methods_only():
+    c = quant_config("aiqvit", 4, 4, "default")
+    assert c.reconstruction.iters == RECIPES["default"]["reconstruction"]["iters"]
+    assert c.search.iters == RECIPES["default"]["search"]["iters"]
+    b = quant_config("brecq", 4, 4, "paper")
+    assert b.reconstruction.iters == 6000 and b.reconstruction.curriculum is False  # the preset's choice is kept
+    m = quant_config("minmax", 3, 3, "paper")
+    assert not m.reconstruct and m.w_bits == 3
+
+
+def test_overrides_and_errors():
+    c = quant_config("aiqvit", 6, 6, "fast", **parse_overrides(["lowrank=fixed", "reconstruction.iters=7",
+                                                               "search.candidate_ranks=[4, 8]"]))
+    assert c.lowrank == "fixed" and c.reconstruction.iters == 7 and tuple(c.search.candidate_ranks) == (4, 8)
+    with pytest.raises(AIQViTError, match="recipe"):
+        quant_config("aiqvit", 4, 4, "slow")
+    with pytest.raises(AIQViTError, match="KEY=VALUE"):
+        parse_overrides(["lowrank"])
+    with pytest.raises(AIQViTError, match="config group"):
+        quant_config("aiqvit", 4, 4, **{"optimizer.lr": 1})
+    with pytest.raises(AIQViTError, match="invalid config override"):
+        quant_config("aiqvit", 4, 4, **{"reconstruction.speed": 1})
+    with pytest.raises(AIQViTError, match="w_bits"):
+        quant_config("aiqvit", 1, 4)
+
+
+def test_pointcloud_overrides_apply_to_reconstructing_methods_and_yield_to_the_user():
+    assert quant_config("aiqvit", 4, 4).act_init == "percentile"
+    assert quant_config("brecq", 4, 4).act_init == "percentile"
+    assert quant_config("minmax", 4, 4).act_init == "minmax"
+    assert quant_config("aiqvit", 4, 4, act_init="minmax").act_init == "minmax"
