@@ -171,3 +171,20 @@ def test_lean_import():
             "bad = [m for m in ('timm', 'torchvision', 'mmcv', 'mmdet', 'open3d') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_quantized_model_moves_with_to(calib_batches, test_inputs):
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, fast_config("minmax"), progress_bar=False)
+    with torch.no_grad():
+        expected = model(test_inputs)
+        model.to("cpu").float()  # nn.Module._apply must stay intact on quantized layers
+        assert torch.equal(model(test_inputs), expected)
+        model.double()
+        assert all(p.dtype == torch.float64 for p in model.parameters())
+
+
+def test_presets_are_not_shared_between_configs():
+    first = QuantConfig.for_method("brecq")
+    first.reconstruction.iters = 3
+    assert QuantConfig.for_method("brecq").reconstruction.iters != 3

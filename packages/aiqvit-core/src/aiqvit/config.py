@@ -3,6 +3,7 @@ preset of a method; every field can be overridden for ablations."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -108,7 +109,7 @@ class QuantConfig:
     @classmethod
     def for_method(cls, method: str, w_bits: int = 4, a_bits: int = 4, **overrides) -> QuantConfig:
         _choice("method", method, METHODS)
-        preset = dict(METHOD_PRESETS[method])
+        preset = copy.deepcopy(METHOD_PRESETS[method])  # presets hold mutable sub-configs
         preset.update(overrides)
         return cls(method=method, w_bits=w_bits, a_bits=a_bits, **preset)
 

@@ -60,20 +60,20 @@ class _QuantLayer(nn.Module):
     def _branch_output(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.lowrank is None or self.branch_inside_quantizer:
             return None
-        return self._apply(x, self.lowrank.delta(), None)
+        return self._op(x, self.lowrank.delta(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_scale is not None:
             x = x * self.input_scale + self.input_shift
         if not self.quant_active and not bool(self.weight_is_quantized):
             # Quantization off: the original float layer, low-rank branch ignored.
-            return self._apply(x, self.weight, self.bias)
+            return self._op(x, self.weight, self.bias)
         x = self.input_quantizer(x)
-        y = self._apply(x, self.quantized_weight(), self.bias)
+        y = self._op(x, self.quantized_weight(), self.bias)
         extra = self._branch_output(x)
         return y if extra is None else y + extra
 
-    def _apply(self, x, weight, bias):  # pragma: no cover - overridden
+    def _op(self, x, weight, bias):  # pragma: no cover - overridden
         raise NotImplementedError
 
     @torch.no_grad()
@@ -109,7 +109,7 @@ class QuantLinear(_QuantLayer):
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
-    def _apply(self, x, weight, bias):
+    def _op(self, x, weight, bias):
         return F.linear(x, weight, bias)
 
 
@@ -127,7 +127,7 @@ class QuantConv2d(_QuantLayer):
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
 
-    def _apply(self, x, weight, bias):
+    def _op(self, x, weight, bias):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
 
