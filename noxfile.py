@@ -24,7 +24,8 @@ PACKAGES = ["core", "vision", "pointcloud", "detection"]
 
 
 MMDET_RUNTIME = ["mmengine==0.10.7", "matplotlib", "numpy", "pycocotools", "scipy", "shapely", "six",
-                 "terminaltables", "tqdm", "packaging", "pillow", "addict", "yapf", "opencv-python"]
+                 "terminaltables", "tqdm", "packaging", "pillow", "addict", "yapf", "opencv-python",
+                 "setuptools<82"]  # mmengine 0.10 imports pkg_resources
 
 
 def _install_detection(session: nox.Session) -> dict:
@@ -61,7 +62,7 @@ def install_package(session: nox.Session, package: str) -> dict:
         session.install(*CORE, "-e", "packages/aiqvit-vision[test,onnx]")
     elif package == "pointcloud":
         session.install(*TORCH_CPU)
-        session.install(*CORE, "-e", "packages/aiqvit-pointcloud[test]")
+        session.install(*CORE, "-e", "packages/aiqvit-pointcloud[test,io]")
     elif package == "detection":
         return _install_detection(session)
     else:  # pragma: no cover
