@@ -188,3 +188,16 @@ def test_presets_are_not_shared_between_configs():
     first = QuantConfig.for_method("brecq")
     first.reconstruction.iters = 3
     assert QuantConfig.for_method("brecq").reconstruction.iters != 3
+
+
+def test_reparameterization_after_reconstruction(calib_batches, test_inputs, tmp_path):
+    ref = make_outlier_toy(seed=0)
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, fast_config("aiqvit", reparam="after"), progress_bar=False)
+    assert aiqvit.get_info(model).reparam_done
+    assert all(m.input_quantizer.scale.ndim == 0 for m in model.modules() if isinstance(m, aiqvit.QuantLinear))
+    assert rel_err(model, ref, test_inputs) < 0.5
+    aiqvit.save_quantized(model, tmp_path / "q")
+    loaded = aiqvit.load_quantized(make_outlier_toy(seed=2), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(test_inputs), model(test_inputs))
