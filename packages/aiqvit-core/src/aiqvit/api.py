@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter
-from .calibration import calibration_mode, quantizers
+from .calibration import calibration_mode, quantization_disabled
 from .config import QuantConfig
 from .errors import CalibrationDataError, CheckpointError
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
-from .modules import QuantLinear, _QuantLayer
+from .modules import QuantLinear
 from .prepare import get_info, prepare, quant_layers
 from .progress import progress
 from .quantizers import DynamicFocusingQuantizer
@@ -227,8 +227,6 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         unit = model.get_submodule(name)
         gen = _unit_generator(config.seed, index)
         tag = f"[{index + 1}/{len(units)}] {name}"
-        from .calibration import quantization_disabled
-
         with quantization_disabled(model):
             fp_io = capture_unit_io(model, info.adapter, unit, batches, with_output=True, desc=f"{tag} fp", show=False)
         inputs = fp_io
@@ -249,11 +247,3 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
             ckpt.save(model, done, report.ranks, report.unit_losses)
         if on_unit_done is not None:
             on_unit_done(name, index)
-
-
-def quantized_layer_count(model: nn.Module) -> int:
-    return sum(1 for _, m in model.named_modules() if isinstance(m, _QuantLayer))
-
-
-def uninitialized_quantizers(model: nn.Module) -> list[str]:
-    return [n for n, q in quantizers(model) if q.enabled and not bool(q.initialized)]

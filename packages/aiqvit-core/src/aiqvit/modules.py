@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lowrank import LowRankBranch, RankSearchBranch
-from .quantizers import Quantizer, UniformQuantizer
+from .quantizers import Quantizer
 
 
 class _QuantLayer(nn.Module):
@@ -157,8 +157,3 @@ class AttentionQuantizers(nn.Module):
 
     def value(self, v: torch.Tensor) -> torch.Tensor:
         return self.value_quantizer(v)
-
-
-def weight_quantizer_for(layer: nn.Module, bits: int, init: str, learnable: bool, seed: int = 0) -> UniformQuantizer:
-    """Channel-wise (output channel, dim 0) asymmetric weight quantizer."""
-    return UniformQuantizer(bits, per_channel=True, channel_dim=0, init=init, learnable=learnable, seed=seed)

@@ -57,7 +57,6 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
     if not units:
         raise AdapterError(f"adapter {adapter.name!r} found no blocks to quantize in {type(model).__name__}")
     ids = _names_by_id(model)
-    unit_ids = [id(m) for _, m in units]
     ln_pairs = [(ids[id(ln)], [ids[id(lin)] for lin in lins]) for ln, lins in adapter.layernorm_consumers(model)]
 
     attention_names = []
@@ -101,7 +100,6 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
     missing = [n for n in unit_names if n not in ids.values()]
     if missing:
         raise AdapterError(f"units not found after preparation: {missing}")
-    del unit_ids
     model.aiqvit_info = PreparedInfo(adapter, config, unit_names, layer_names, attention_names, ln_pairs)
     return model
 
