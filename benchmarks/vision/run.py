@@ -38,6 +38,12 @@ ABLATIONS = {
     "aiqvit+softmax=log2": {"softmax_quantizer": "log2"},
     "aiqvit+softmax=logsqrt2": {"softmax_quantizer": "logsqrt2"},
     "aiqvit+curriculum=off": {"reconstruction": {"curriculum": False}},
+    # our three additions to the paper, together and one at a time
+    "aiqvit+paper-settings": {"channelwise_inputs": "post_ln", "reparam_strength": 1.0,
+                              "reconstruction": {"input_source": "fp"}},
+    "aiqvit+channelwise_inputs=post_ln": {"channelwise_inputs": "post_ln"},
+    "aiqvit+reparam_strength=1": {"reparam_strength": 1.0},
+    "aiqvit+input_source=fp": {"reconstruction": {"input_source": "fp"}},
 }
 
 

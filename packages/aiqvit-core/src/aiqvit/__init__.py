@@ -3,7 +3,7 @@
 from ._version import __version__  # noqa: F401
 from .adapters import ModelAdapter, find_adapter, register_adapter, registered_adapters
 from .calibration import calibration_mode, quantization_disabled, quantizers, set_quantization
-from .config import METHODS, QuantConfig, ReconstructionConfig, SearchConfig
+from .config import AIQVIT_PAPER_SETTINGS, METHODS, QuantConfig, ReconstructionConfig, SearchConfig
 from .errors import AdapterError, AIQViTError, BitWidthError, CalibrationDataError, CheckpointError
 from .lowrank import LowRankBranch, RankSearchBranch
 from .modules import AttentionQuantizers, QuantConv2d, QuantLinear
@@ -11,7 +11,7 @@ from .prepare import PreparedInfo, get_info, prepare
 from .quantizers import DynamicFocusingQuantizer, LogQuantizer, Quantizer, UniformQuantizer
 
 __all__ = [
-    "AIQViTError", "AdapterError", "AttentionQuantizers", "BitWidthError", "CalibrationDataError",
+    "AIQVIT_PAPER_SETTINGS", "AIQViTError", "AdapterError", "AttentionQuantizers", "BitWidthError", "CalibrationDataError",
     "CheckpointError", "DynamicFocusingQuantizer", "LogQuantizer", "LowRankBranch", "METHODS",
     "ModelAdapter", "PreparedInfo", "QuantConfig", "QuantConv2d", "QuantLinear", "Quantizer",
     "RankSearchBranch", "ReconstructionConfig", "SearchConfig", "UniformQuantizer", "calibration_mode",

@@ -33,7 +33,7 @@ from .reconstruction import (
     reconstruct_unit,
     search_unit_ranks,
 )
-from .reparam import reparameterize_input, reparameterize_pair
+from .reparam import choose_strength, reparameterize_input, reparameterize_pair
 from .safetensors_io import load_file, save_file
 
 
@@ -46,6 +46,7 @@ class QuantizationReport:
     ranks: dict[str, int] = field(default_factory=dict)
     unit_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
     dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
+    reparam_strengths: dict[str, float] = field(default_factory=dict)
     resumed_units: list[str] = field(default_factory=list)
 
 
@@ -95,18 +96,30 @@ def calibrate_activations(model: nn.Module, batches: list, show: bool = True) ->
             info.adapter.run(model, b)
 
 
-def apply_reparameterization(model: nn.Module) -> None:
+def apply_reparameterization(model: nn.Module) -> dict[str, float]:
     """Fold every channel-wise Linear input into layer-wise form (norm affine, or the layer's own
-    input transform where the producer is not a norm)."""
+    input transform where the producer is not a norm). Returns the strength used per layer."""
     info = get_info(model)
-    folded = set()
+    config = info.config
+
+    def strength(consumers: list[QuantLinear]) -> float:
+        if config.reparam_strength == "search":
+            return choose_strength(consumers, config.reparam_strength_grid)
+        return float(config.reparam_strength)
+
+    folded, strengths = set(), {}
     for norm_name, consumer_names in info.layernorm_consumers:
-        reparameterize_pair(model.get_submodule(norm_name), [model.get_submodule(n) for n in consumer_names])
+        consumers = [model.get_submodule(n) for n in consumer_names]
+        a = strength(consumers)
+        reparameterize_pair(model.get_submodule(norm_name), consumers, strength=a)
         folded.update(consumer_names)
+        strengths.update({n: a for n in consumer_names})
     for name, layer in quant_layers(model):
         if name not in folded and isinstance(layer, QuantLinear) and layer.input_quantizer.per_channel:
-            reparameterize_input(layer)
+            strengths[name] = a = strength([layer])
+            reparameterize_input(layer, strength=a)
     info.reparam_done = True
+    return strengths
 
 
 def finalize(model: nn.Module) -> None:
@@ -188,7 +201,7 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
 
     calibrate_activations(model, batches, progress_bar)
     if config.reparam == "before":
-        apply_reparameterization(model)
+        report.reparam_strengths = apply_reparameterization(model)
 
     if config.reconstruct:
         ckpt = _Checkpoint(checkpoint_dir, config, data_fingerprint(batches)) if checkpoint_dir else None
@@ -209,7 +222,7 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
         _reconstruct_units(model, batches, config, report, done, ckpt, progress_bar, on_unit_done)
 
     if config.reparam == "after":
-        apply_reparameterization(model)
+        report.reparam_strengths = apply_reparameterization(model)
     finalize(model)
     info.ranks = dict(report.ranks)
     report.dfq_intervals = dfq_intervals(model)

@@ -84,6 +84,8 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         iq = UniformQuantizer(config.a_bits, per_channel=name in channelwise_inputs, channel_dim=-1,
                               init=config.act_init, percentile=config.act_percentile,
                               learnable=config.reconstruct, seed=seed + 1)
+        if name in channelwise_inputs and config.reparam_strength == "search":
+            iq.keep_rows = 2048
         if isinstance(layer, nn.Linear):
             q = QuantLinear(layer, wq, iq)
         elif isinstance(layer, nn.Conv2d):

@@ -83,6 +83,9 @@ class UniformQuantizer(Quantizer):
         self._lo = self._hi = None
         self._samples: list[torch.Tensor] = []
         self._generator = torch.Generator().manual_seed(seed)
+        # rows of observed inputs kept past calibration (for the reparameterization strength search)
+        self.keep_rows = 0
+        self.kept_rows: torch.Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}, init={self.init}, learnable={self.learnable}"
@@ -103,6 +106,21 @@ class UniformQuantizer(Quantizer):
         if self.init != "minmax":
             idx = torch.randperm(rows.shape[0], generator=self._generator)[: _KEEP_PER_BATCH[self.per_channel]]
             self._samples.append(rows[idx])
+        if self.keep_rows:
+            self._keep(rows)
+
+    def _keep(self, rows: torch.Tensor) -> None:
+        """A uniform sample of at most ``keep_rows`` rows of everything observed (stratified by batch)."""
+        seen = getattr(self, "_rows_seen", 0)
+        total = seen + rows.shape[0]
+        take_old = min(seen, round(self.keep_rows * seen / total)) if self.kept_rows is not None else 0
+        take_new = min(rows.shape[0], self.keep_rows - take_old)
+        parts = [rows[torch.randperm(rows.shape[0], generator=self._generator)[:take_new]]]
+        if take_old:
+            old = self.kept_rows
+            parts.insert(0, old[torch.randperm(old.shape[0], generator=self._generator)[:take_old]])
+        self.kept_rows = torch.cat(parts)
+        self._rows_seen = total
 
     def _kept_samples(self) -> torch.Tensor:
         rows = torch.cat(self._samples)

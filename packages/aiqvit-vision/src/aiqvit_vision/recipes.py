@@ -25,7 +25,7 @@ class Recipe:
 
 
 RECIPES = {
-    "fast": Recipe("fast", calib_images=128, calib_batch=32, search_iters=16, recon_iters=64, batch_size=8),
+    "fast": Recipe("fast", calib_images=128, calib_batch=32, search_iters=24, recon_iters=128, batch_size=8),
     "paper": Recipe("paper", calib_images=1024, calib_batch=32, search_iters=2000, recon_iters=6000, batch_size=24),
 }
 

@@ -1,0 +1,66 @@
+"""Development probe on held-out TRAIN images (never the test split): quantize a task's model with one
+method and recipe, then report top-1 on ``--dev-size`` train images that neither the calibration set
+nor the task's head training saw, and the agreement with the float model's predictions.
+
+Used to choose defaults (the test split is only for the recorded benchmark):
+
+    python benchmarks/vision/dev_probe.py --method aiqvit --bits 4 --set channelwise_inputs=all
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch.utils.data import Subset
+
+from aiqvit_vision import pipeline, tasks
+from aiqvit_vision.data import loader
+from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
+
+
+@torch.no_grad()
+def predictions(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    preds, labels = [], []
+    for x, y in loader(dataset, 100):
+        preds.append(model(x).argmax(-1))
+        labels.append(y)
+    return torch.cat(preds), torch.cat(labels)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="vit_s14_fmnist")
+    p.add_argument("--method", default="aiqvit")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--recipe", default="fast")
+    p.add_argument("--dev-size", type=int, default=1000)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = tasks.get_task(args.task)
+    train = task.dataset("train")
+    # the tail of the seeded permutation that draws calibration images and the head's training subset
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    dev = Subset(train, sorted(perm[-args.dev_size:].tolist()))
+    model = task.build()
+    fp_pred, labels = predictions(model, dev)
+    recipe = get_recipe(args.recipe)
+    config = build_config(args.method, args.bits, args.bits, recipe, 0, parse_overrides(args.set))
+    start = time.time()
+    report, _ = pipeline.quantize_model(model, train, config, recipe, progress=False)
+    seconds = time.time() - start
+    q_pred, _ = predictions(model, dev)
+    fp_acc = float((fp_pred == labels).float().mean() * 100)
+    q_acc = float((q_pred == labels).float().mean() * 100)
+    agree = float((q_pred == fp_pred).float().mean() * 100)
+    strengths = sorted(set(report.reparam_strengths.values())) if report.reparam_strengths else []
+    print(f"{args.task} {args.method} W{args.bits}A{args.bits} {args.recipe} {args.set}: dev top-1 {q_acc:.2f} "
+          f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
