@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 import aiqvit
-from aiqvit.modules import AttentionQuantizers, _QuantLayer
+from aiqvit.modules import AttentionQuantizers
 from aiqvit.quantizers import Quantizer
 from aiqvit_vision.recipes import parse_overrides
 

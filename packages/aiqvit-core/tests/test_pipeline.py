@@ -201,3 +201,29 @@ def test_reparameterization_after_reconstruction(calib_batches, test_inputs, tmp
     loaded = aiqvit.load_quantized(make_outlier_toy(seed=2), tmp_path / "q")
     with torch.no_grad():
         assert torch.equal(loaded(test_inputs), model(test_inputs))
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, "half"])
+def test_reparam_strength_out_of_range(value):
+    with pytest.raises(aiqvit.AIQViTError, match="reparam_strength"):
+        QuantConfig(reparam_strength=value)
+
+
+def test_paper_settings_undo_our_additions():
+    ours = QuantConfig.for_method("aiqvit")
+    assert (ours.channelwise_inputs, ours.reparam_strength, ours.reconstruction.input_source) == ("all", "search", "quant")
+    paper = QuantConfig.for_method("aiqvit", **{k: v for k, v in aiqvit.AIQVIT_PAPER_SETTINGS.items()
+                                                if k != "reconstruction"})
+    paper.reconstruction.input_source = aiqvit.AIQVIT_PAPER_SETTINGS["reconstruction"]["input_source"]
+    assert (paper.channelwise_inputs, paper.reparam_strength, paper.reconstruction.input_source) == ("post_ln", 1.0, "fp")
+    assert QuantConfig.from_dict(ours.to_dict()) == ours
+
+
+def test_searched_strengths_are_reported(calib_batches):
+    model = make_outlier_toy()
+    report = aiqvit.quantize(model, calib_batches, fast_config("repq", channelwise_inputs="all", reparam_strength="search"),
+                             progress_bar=False)
+    layers = [n for n, m in model.named_modules() if isinstance(m, aiqvit.QuantLinear)]
+    assert set(report.reparam_strengths) == set(layers)
+    assert set(report.reparam_strengths.values()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert all(m.input_quantizer.kept_rows is None for m in model.modules() if isinstance(m, aiqvit.QuantLinear))
