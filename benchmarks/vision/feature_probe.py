@@ -46,16 +46,21 @@ def backbone() -> torch.nn.Module:
     return load_state_dict_strict(model, load_converted_state_dict()).eval()
 
 
+def probe_data(n_calib: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(calibration images, 256 held-out train images, float features of the held-out images)``."""
+    images = read_images()
+    perm = np.random.default_rng(0).permutation(len(images))
+    calib, held_out = to_input(images[perm[:n_calib]]), to_input(images[perm[50000:50256]])
+    with torch.no_grad():
+        return calib, held_out, backbone()(held_out)
+
+
 def main(argv: list[str]) -> None:
     method, n_calib, bits, iters, threads = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
     torch.set_num_threads(threads)
     overrides = parse_overrides(argv[5:])
     nested = {k: overrides.pop(k) for k in ("reconstruction", "search") if k in overrides}
-    images = read_images()
-    perm = np.random.default_rng(0).permutation(len(images))
-    calib, held_out = to_input(images[perm[:n_calib]]), to_input(images[perm[50000:50256]])
-    with torch.no_grad():
-        reference = backbone()(held_out)
+    calib, held_out, reference = probe_data(n_calib)
     config = aiqvit.QuantConfig.for_method(method, bits, bits, **overrides)
     config.reconstruction.iters, config.search.iters = iters, iters // 2
     for section, values in nested.items():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import time
 
-import numpy as np
 import torch
 
 import aiqvit
@@ -18,7 +17,7 @@ from aiqvit.quantizers import Quantizer
 from aiqvit_vision.recipes import parse_overrides
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from feature_probe import backbone, read_images, to_input  # noqa: E402
+from feature_probe import backbone, probe_data  # noqa: E402
 
 
 def groups(model) -> dict[str, list[Quantizer]]:
@@ -40,11 +39,7 @@ def main(argv):
     method, n_calib, bits, threads = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     torch.set_num_threads(threads)
     overrides = parse_overrides(argv[4:])
-    images = read_images()
-    perm = np.random.default_rng(0).permutation(len(images))
-    calib, held = to_input(images[perm[:n_calib]]), to_input(images[perm[50000:50256]])
-    with torch.no_grad():
-        ref = backbone()(held)
+    calib, held, ref = probe_data(n_calib)
     config = aiqvit.QuantConfig.for_method(method, bits, bits, **overrides)
     config.reconstruct, config.lowrank = False, "off"
     model = backbone()
@@ -60,18 +55,13 @@ def main(argv):
 
     print(f"{method} W{bits}A{bits} {argv[4:]} all on: rel={err():.4f}")
     g = groups(model)
-    for name, qs in g.items():
-        for q in all_q:
-            q.enabled = False
-        for q in qs:
-            q.enabled = True
-        print(f"  only {name:12s} rel={err():.4f}", flush=True)
-    for name, qs in g.items():
-        for q in all_q:
-            q.enabled = True
-        for q in qs:
-            q.enabled = False
-        print(f"  all but {name:12s} rel={err():.4f}", flush=True)
+    for only in (True, False):
+        for name, qs in g.items():
+            for q in all_q:
+                q.enabled = not only
+            for q in qs:
+                q.enabled = only
+            print(f"  {'only' if only else 'all but'} {name:12s} rel={err():.4f}", flush=True)
 
 
 if __name__ == "__main__":

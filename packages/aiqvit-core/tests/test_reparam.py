@@ -7,12 +7,17 @@ from aiqvit.quantizers import UniformQuantizer
 from aiqvit.reparam import reparameterize_pair
 
 
-def test_reparameterization_is_equivalent():
-    torch.manual_seed(0)
+def _affine_norm(seed: int) -> nn.LayerNorm:
+    torch.manual_seed(seed)
     norm = nn.LayerNorm(16)
     with torch.no_grad():
         norm.weight.copy_(torch.rand(16) * 5 + 0.1)
         norm.bias.copy_(torch.randn(16))
+    return norm
+
+
+def test_reparameterization_is_equivalent():
+    norm = _affine_norm(0)
     consumers = [QuantLinear(nn.Linear(16, 12), UniformQuantizer(4, per_channel=True, channel_dim=0),
                              UniformQuantizer(4, per_channel=True, channel_dim=-1)) for _ in range(2)]
     for c in consumers:
@@ -90,11 +95,7 @@ def test_partial_migration_keeps_the_float_function():
 
 
 def test_partial_migration_of_a_norm_keeps_the_float_function():
-    torch.manual_seed(1)
-    norm = nn.LayerNorm(16)
-    with torch.no_grad():
-        norm.weight.copy_(torch.rand(16) * 5 + 0.1)
-        norm.bias.copy_(torch.randn(16))
+    norm = _affine_norm(1)
     linear = nn.Linear(16, 12)
     layer = QuantLinear(linear, UniformQuantizer(4, per_channel=True, channel_dim=0),
                         UniformQuantizer(4, per_channel=True, channel_dim=-1))
