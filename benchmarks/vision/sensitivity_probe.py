@@ -14,7 +14,7 @@ import torch
 import aiqvit
 from aiqvit.modules import AttentionQuantizers
 from aiqvit.quantizers import Quantizer
-from aiqvit_vision.recipes import parse_overrides
+from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from feature_probe import backbone, probe_data  # noqa: E402
@@ -38,10 +38,9 @@ def groups(model) -> dict[str, list[Quantizer]]:
 def main(argv):
     method, n_calib, bits, threads = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
     torch.set_num_threads(threads)
-    overrides = parse_overrides(argv[4:])
     calib, held, ref = probe_data(n_calib)
-    config = aiqvit.QuantConfig.for_method(method, bits, bits, **overrides)
-    config.reconstruct, config.lowrank = False, "off"
+    overrides = {**parse_overrides(argv[4:]), "reconstruct": False, "lowrank": "off"}
+    config = build_config(method, bits, bits, get_recipe("fast"), overrides=overrides)
     model = backbone()
     t = time.time()
     aiqvit.quantize(model, list(calib.split(16)), config, progress_bar=False)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import AIQViTError, check_bits
 from .lowrank import DEFAULT_CANDIDATE_RANKS
 from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS
+from .reparam import DEFAULT_STRENGTH_GRID
 
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
 LOWRANK_MODES = ("off", "fixed", "search")
@@ -73,7 +74,7 @@ class QuantConfig:
     # (all of it), a in [0, 1) = SmoothQuant-style partial migration, "search" = per layer, the
     # value of reparam_strength_grid whose quantized layer output is closest to the float one
     reparam_strength: float | str = 1.0
-    reparam_strength_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    reparam_strength_grid: tuple[float, ...] = DEFAULT_STRENGTH_GRID
     lowrank: str = "search"
     lowrank_rank: int = 20
     reconstruct: bool = True

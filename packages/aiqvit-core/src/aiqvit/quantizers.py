@@ -86,6 +86,7 @@ class UniformQuantizer(Quantizer):
         # rows of observed inputs kept past calibration (for the reparameterization strength search)
         self.keep_rows = 0
         self.kept_rows: torch.Tensor | None = None
+        self._rows_seen = 0
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, per_channel={self.per_channel}, init={self.init}, learnable={self.learnable}"
@@ -111,7 +112,7 @@ class UniformQuantizer(Quantizer):
 
     def _keep(self, rows: torch.Tensor) -> None:
         """A uniform sample of at most ``keep_rows`` rows of everything observed (stratified by batch)."""
-        seen = getattr(self, "_rows_seen", 0)
+        seen = self._rows_seen
         total = seen + rows.shape[0]
         take_old = min(seen, round(self.keep_rows * seen / total)) if self.kept_rows is not None else 0
         take_new = min(rows.shape[0], self.keep_rows - take_old)

@@ -19,6 +19,7 @@ the error of the quantized layer output.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -30,11 +31,14 @@ from .modules import QuantLinear
 DEFAULT_STRENGTH_GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+@dataclass
 class _Migration:
     """``x' = (x - m) / r`` per input channel, and the layer-wise quantizer ``(scale, zero_point)`` of ``x'``."""
 
-    def __init__(self, r: torch.Tensor, m: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor):
-        self.r, self.m, self.scale, self.zero_point = r, m, scale, zero_point
+    r: torch.Tensor
+    m: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
 
 
 def _channel_params(layer: QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
