@@ -34,6 +34,7 @@ def main() -> None:
     p.add_argument("--task", default="vit_s14_fmnist")
     p.add_argument("--method", default="aiqvit")
     p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
     p.add_argument("--recipe", default="fast")
     p.add_argument("--dev-size", type=int, default=1000)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -49,7 +50,8 @@ def main() -> None:
     model = task.build()
     fp_pred, labels = predictions(model, dev)
     recipe = get_recipe(args.recipe)
-    config = build_config(args.method, args.bits, args.bits, recipe, 0, parse_overrides(args.set))
+    a_bits = args.a_bits or args.bits
+    config = build_config(args.method, args.bits, a_bits, recipe, 0, parse_overrides(args.set))
     start = time.time()
     report, _ = pipeline.quantize_model(model, train, config, recipe, progress=False)
     seconds = time.time() - start
@@ -58,7 +60,7 @@ def main() -> None:
     q_acc = float((q_pred == labels).float().mean() * 100)
     agree = float((q_pred == fp_pred).float().mean() * 100)
     strengths = sorted(set(report.reparam_strengths.values())) if report.reparam_strengths else []
-    print(f"{args.task} {args.method} W{args.bits}A{args.bits} {args.recipe} {args.set}: dev top-1 {q_acc:.2f} "
+    print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} {args.set}: dev top-1 {q_acc:.2f} "
           f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}", flush=True)
 
 

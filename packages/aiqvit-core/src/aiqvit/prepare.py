@@ -76,6 +76,11 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         channelwise_inputs = {n for _, lins in ln_pairs for n in lins}
     if not layers:
         raise AdapterError(f"adapter {adapter.name!r} found no Linear/Conv2d layers in {type(model).__name__}")
+    # the strength search reads the rows of one consumer per norm (all of them see the same input)
+    strength_search_rows = set()
+    if config.reparam_strength == "search":
+        later_consumers = {n for _, lins in ln_pairs for n in lins[1:]}
+        strength_search_rows = channelwise_inputs - later_consumers
     layer_names = []
     for i, (name, layer) in enumerate(layers):
         seed = config.seed * 7919 + 10_000 + i
@@ -84,7 +89,7 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         iq = UniformQuantizer(config.a_bits, per_channel=name in channelwise_inputs, channel_dim=-1,
                               init=config.act_init, percentile=config.act_percentile,
                               learnable=config.reconstruct, seed=seed + 1)
-        if name in channelwise_inputs and config.reparam_strength == "search":
+        if name in strength_search_rows:
             iq.keep_rows = 2048
         if isinstance(layer, nn.Linear):
             q = QuantLinear(layer, wq, iq)

@@ -86,21 +86,28 @@ def _fold_into_consumer(layer: QuantLinear, mig: _Migration, reinit_weights: boo
 
 
 @torch.no_grad()
-def layer_output_error(consumers: list[QuantLinear], rows: torch.Tensor, mig: _Migration) -> float:
+def layer_output_error(consumers: list[QuantLinear], rows: torch.Tensor, mig: _Migration,
+                       references: list[torch.Tensor] | None = None) -> float:
     """Squared error of the consumers' outputs on ``rows`` with quantized inputs and weights
-    after the migration ``mig``, against the float layers."""
+    after the migration ``mig``, against the float layers (``references``: their float outputs
+    on ``rows`` without bias, computed here when not given)."""
     iq = consumers[0].input_quantizer
     x_q = P.fake_quantize_affine((rows - mig.m) / mig.r, mig.scale, mig.zero_point, iq.bits)
+    if references is None:
+        references = _float_outputs(consumers, rows)
     err = 0.0
-    for layer in consumers:
+    for layer, ref in zip(consumers, references):
         w = layer.merged_weight().detach()
         wq = copy.deepcopy(layer.weight_quantizer)
         w_migrated = w * mig.r
         wq.calibrate_from(w_migrated)
-        ref = rows @ w.t()
         out = x_q @ wq.fake_quantize(w_migrated).t() + w @ mig.m  # + the fold's bias shift; neither side has the bias
         err += float((out - ref).pow(2).sum())
     return err
+
+
+def _float_outputs(consumers: list[QuantLinear], rows: torch.Tensor) -> list[torch.Tensor]:
+    return [rows @ layer.merged_weight().detach().t() for layer in consumers]
 
 
 @torch.no_grad()
@@ -110,7 +117,8 @@ def choose_strength(consumers: list[QuantLinear], grid: tuple[float, ...] = DEFA
     rows = consumers[0].input_quantizer.kept_rows
     if rows is None or rows.numel() == 0:
         raise AdapterError("strength search needs calibration rows: set input_quantizer.keep_rows before calibration")
-    errors = {a: layer_output_error(consumers, rows, migration(consumers[0], a)) for a in grid}
+    references = _float_outputs(consumers, rows)
+    errors = {a: layer_output_error(consumers, rows, migration(consumers[0], a), references) for a in grid}
     return min(grid, key=lambda a: (errors[a], -a))
 
 
