@@ -184,7 +184,7 @@ def _param_groups(unit: nn.Module, cfg: ReconstructionConfig, learn_weight_scale
         if not isinstance(m, Quantizer) or not m.enabled or id(m) in weight_quantizers:
             continue
         if isinstance(m, DynamicFocusingQuantizer):
-            b1, b2 = m.interval()
+            b1, b2 = (b.detach() for b in m.interval())
             add([m.b1], cfg.lr_dfq * max(float(b1), 1e-3))
             add([m.b2], cfg.lr_dfq * float(b2))
         elif isinstance(m, UniformQuantizer) and m.learnable and bool(m.initialized):
