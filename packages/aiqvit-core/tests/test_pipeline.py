@@ -87,6 +87,25 @@ def test_reconstruction_from_quantized_inputs(calib_batches, test_inputs):
     assert all(after <= before for before, after in report.unit_losses.values())
 
 
+def test_reconstruction_max_batches_limits_the_reconstruction_data(calib_batches, monkeypatch):
+    import aiqvit.api as api
+
+    captured, calibrated = [], []
+    real_capture, real_calibrate = api.capture_unit_io, api.calibrate_activations
+    monkeypatch.setattr(api, "capture_unit_io", lambda m, a, u, batches, **kw: (captured.append(len(batches)),
+                                                                                  real_capture(m, a, u, batches, **kw))[1])
+    monkeypatch.setattr(api, "calibrate_activations", lambda m, batches, show=True: (calibrated.append(len(batches)),
+                                                                                       real_calibrate(m, batches, show))[1])
+    cfg = fast_config("brecq")
+    cfg.reconstruction.max_batches = 1
+    report = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, progress_bar=False)
+    assert calibrated == [len(calib_batches)] and len(calib_batches) > 1
+    assert captured and set(captured) == {1}
+    assert all(after <= before for before, after in report.unit_losses.values())
+    with pytest.raises(aiqvit.AIQViTError, match="max_batches"):
+        fast_config("brecq", reconstruction=dict(max_batches=-1))
+
+
 def test_seeded_determinism(calib_batches, test_inputs):
     outs = []
     for _ in range(2):

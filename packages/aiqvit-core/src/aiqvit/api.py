@@ -234,6 +234,7 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
     info = get_info(model)
     rc = config.reconstruction
     units = info.unit_names
+    batches = batches[: rc.max_batches] if rc.max_batches else batches
     for index, name in enumerate(units):
         if name in done:
             continue

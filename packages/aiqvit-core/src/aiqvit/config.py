@@ -37,6 +37,10 @@ class ReconstructionConfig:
     lambda0: float = 0.5
     hardness_refresh: int = 50  # recompute per-sample loss every N iterations (OPEN in the paper)
     input_source: str = "fp"  # reconstruct from full-precision ("fp") or quantized-model ("quant") inputs
+    # reconstruct (and search ranks) on the first ``max_batches`` calibration batches only; 0 = all.
+    # Activation ranges always see every batch. Each unit re-runs the model on these batches twice
+    # (float targets, quantized inputs), which dominates the cost of small models with many units.
+    max_batches: int = 0
 
 
 @dataclass
@@ -113,6 +117,8 @@ class QuantConfig:
         _choice("reconstruction.input_source", self.reconstruction.input_source, INPUT_SOURCES)
         if self.lowrank != "off" and not self.reconstruct:
             raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
+        if self.reconstruction.max_batches < 0:
+            raise AIQViTError(f"reconstruction.max_batches must be >= 0 (0 = all batches), got {self.reconstruction.max_batches}")
         if not 0 < self.reconstruction.lambda0 <= 1:
             raise AIQViTError(f"reconstruction.lambda0 must lie in (0, 1], got {self.reconstruction.lambda0}")
         if self.lowrank_rank < 1:
