@@ -15,13 +15,9 @@ printed, not asserted. Models can run as separate processes (--models NAME) shar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import fcntl
-import hashlib
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -74,7 +70,7 @@ def recipe(args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    from aiqvit.io_utils import BenchmarkRecord, git_commit, merge_records, peak_rss_mb
+    from aiqvit.io_utils import BenchmarkRecord, git_commit, merge_records, peak_rss_mb, results_lock
     from aiqvit_detection.data import build_dataset, calibration_batches
     from aiqvit_detection.evaluation import evaluate_detector
     from aiqvit_detection.models import embedded_model, load_detector
@@ -110,7 +106,7 @@ def main(argv=None) -> int:
                                        calib_seconds=round(calib_seconds, 1), peak_rss_mb=round(peak_rss_mb(), 1),
                                        seed=args.seed, git_commit=commit, notes=notes)
                        for key, _ in METRICS]
-            with _locked(args.out):  # several model runs may share one results file
+            with results_lock(args.out):  # several model runs may share one results file
                 merge_records(args.out, records)
                 render(args, rec)  # tables and plots follow the results as they come
             print(f"{name:32s} {method:7s} W{bits or 32}/A{bits or 32}: box AP {records[0].value:5.2f} "
@@ -119,7 +115,7 @@ def main(argv=None) -> int:
             del model
     total = time.perf_counter() - start_all
     print(f"total time: {total / 60:.1f} min with {args.threads} thread(s) ({', '.join(args.models)})")
-    with _locked(args.out):
+    with results_lock(args.out):
         table = render(args, rec)
     print_targets(table, args)
     return 0
@@ -131,18 +127,6 @@ def render(args, rec: str) -> dict:
     for name in table:
         plot(Path(args.out).with_name(f"{Path(args.out).stem}_{name}.png"), name, table[name], args)
     return table
-
-
-@contextlib.contextmanager
-def _locked(path):
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
-    with open(Path(tempfile.gettempdir()) / f"aiqvit-detection-{key}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_table(path, rec: str) -> dict:

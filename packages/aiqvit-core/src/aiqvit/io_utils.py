@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import resource
@@ -80,14 +81,48 @@ class BenchmarkRecord:
     notes: str = ""
 
 
+_LOCKS_HELD: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def results_lock(path: str | os.PathLike):
+    """Exclusive lock on a results file across processes (several benchmark runs may share one),
+    re-entrant within a process. Without ``fcntl`` (Windows) it only counts."""
+    key = str(Path(path).resolve())
+    if _LOCKS_HELD.get(key):
+        _LOCKS_HELD[key] += 1
+        try:
+            yield
+        finally:
+            _LOCKS_HELD[key] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        fcntl = None
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    with open(Path(tempfile.gettempdir()) / f"aiqvit-results-{digest}.lock", "w") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        _LOCKS_HELD[key] = 1
+        try:
+            yield
+        finally:
+            _LOCKS_HELD.pop(key, None)
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def merge_records(path: str | os.PathLike, records: list[BenchmarkRecord]) -> list[dict]:
     """Add ``records`` to the JSON list at ``path`` (replacing runs with the same task, model,
-    method, bits, recipe and metric), atomically. Returns the full list."""
+    method, bits, recipe and metric), atomically and under :func:`results_lock`. Returns the full list."""
     path = Path(path)
-    existing = json.loads(path.read_text()) if path.exists() else []
-    key = ("task", "model", "method", "w_bits", "a_bits", "recipe", "metric")
-    new = [dataclasses.asdict(r) for r in records]
-    new_keys = {tuple(r[k] for k in key) for r in new}
-    merged = [r for r in existing if tuple(r.get(k) for k in key) not in new_keys] + new
-    write_json_atomic(path, merged)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with results_lock(path):
+        existing = json.loads(path.read_text()) if path.exists() else []
+        key = ("task", "model", "method", "w_bits", "a_bits", "recipe", "metric")
+        new = [dataclasses.asdict(r) for r in records]
+        new_keys = {tuple(r[k] for k in key) for r in new}
+        merged = [r for r in existing if tuple(r.get(k) for k in key) not in new_keys] + new
+        write_json_atomic(path, merged)
     return merged
