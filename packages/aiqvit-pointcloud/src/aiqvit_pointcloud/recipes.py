@@ -4,7 +4,8 @@ A recipe sets the reconstruction and rank-search budget of the methods that reco
 (``brecq``, ``aiqvit``); ``minmax`` and ``repq`` do not train and ignore it.
 
 * ``default``: sized so that the whole point-cloud benchmark (2 tasks x 4 methods x 3 bit-widths,
-  512 calibration samples) finishes within an hour on 2 CPU cores (see benchmarks/pointcloud).
+  512 calibration samples) finishes within an hour on 2 CPU cores: measured 35.6 min
+  (benchmarks/results/pointcloud.md).
 * ``fast``: a smoke test (seconds per unit).
 * ``paper``: the paper's budget (2,000 search + 6,000 reconstruction iterations per block, batch 24);
   hours per model on a CPU.
