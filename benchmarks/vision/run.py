@@ -172,8 +172,9 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
         lines.append("")
         if any(ok == "no" for _, _, ok in targets):
             lines += ["Missed targets: what was measured and tried against them is in `docs/METHOD-NOTES.md` "
-                      "(defaults are chosen on held-out train images, never on the test split), sections \"Where the W4/A4 error of the real "
-                      "ViT-S/14 comes from\" and \"Tried against the missed vision targets\".", ""]
+                      "(defaults are chosen on held-out train images, never on the test split), sections "
+                      "\"Where the W4/A4 error of the real ViT-S/14 comes from\" and "
+                      "\"Tried against the missed vision targets\".", ""]
     lines += ["## Plots", "", "`vision_<task>_accuracy_vs_bits.png`, `vision_<task>_softmax_dfq_W<b>A<b>-<recipe>.png` "
               "(post-Softmax histograms of the float model with the learned DFQ interval per block), "
               "`vision_<task>_ranks_W<b>A<b>-<recipe>.png` (searched rank per layer).", ""]
