@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import copy
 import json
 import multiprocessing as mp
@@ -119,6 +120,18 @@ def _record(task, label, bits, value, recipe, seconds, rss, seed, commit, notes,
     return BenchmarkRecord(task=task, model=tasks.get_task(task).description, method=label, w_bits=bits, a_bits=bits,
                            recipe=recipe, metric=metric, value=round(value, 2), calib_seconds=round(seconds, 1),
                            peak_rss_mb=round(rss, 1), seed=seed, git_commit=commit, notes=notes)
+
+
+@contextlib.contextmanager
+def _details(path: Path):
+    """The plot details file, read, updated and rewritten under the results lock, so that runs sharing
+    the results directory keep each other's entries."""
+    from aiqvit.io_utils import results_lock, write_json_atomic
+
+    with results_lock(path):
+        details = json.loads(path.read_text()) if path.is_file() else {}
+        yield details
+        write_json_atomic(path, details)
 
 
 def _fmt(v):
@@ -236,7 +249,7 @@ def main(argv=None):
         if unknown:
             p.error(f"unknown --only labels {sorted(unknown)}; valid: {list(ALL_METHODS) + list(ABLATIONS)}")
 
-    from aiqvit.io_utils import git_commit, merge_records, write_json_atomic
+    from aiqvit.io_utils import git_commit, merge_records
     from aiqvit_vision import tasks
     from aiqvit_vision.plots import DETAILS_FILE, plots_from_results
 
@@ -246,7 +259,6 @@ def main(argv=None):
     details_path = args.results_dir / DETAILS_FILE
     commit = git_commit(ROOT)
     command = "python benchmarks/vision/run.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    details = json.loads(details_path.read_text()) if details_path.is_file() else {}
     eval_note = f"eval={args.eval_size or 'all'} test images"
 
     if not (args.no_fp or args.report_only):
@@ -256,8 +268,8 @@ def main(argv=None):
             print(f"{task}: FP top-1 {fp['top1']:.2f}% on {fp['n']} test images ({time.perf_counter() - t0:.0f} s)")
             merge_records(results_json, [_record(task, "fp", None, fp["top1"], "fp", 0.0, 0.0, args.seed, commit,
                                                  f"eval={fp['n']} test images; command={command}")])
-            details.setdefault(task, {})["softmax_hist"] = hists
-            write_json_atomic(details_path, details)
+            with _details(details_path) as details:
+                details.setdefault(task, {})["softmax_hist"] = hists
 
     jobs = [] if args.report_only else plan(args)
     print(f"{len(jobs)} quantized settings to run ({args.recipe} recipe)")
@@ -273,9 +285,9 @@ def main(argv=None):
         merge_records(results_json, [_record(job["task"], job["label"], job["bits"], res["top1"], job["recipe"],
                                              res["calib_seconds"], res["peak_rss_mb"], job["seed"], commit, notes)])
         if job["label"] == "aiqvit":
-            entry = details.setdefault(job["task"], {}).setdefault("settings", {})
-            entry[f"{setting}-{job['recipe']}"] = {"ranks": res["ranks"], "dfq_intervals": res["dfq_intervals"]}
-            write_json_atomic(details_path, details)
+            with _details(details_path) as details:
+                entry = details.setdefault(job["task"], {}).setdefault("settings", {})
+                entry[f"{setting}-{job['recipe']}"] = {"ranks": res["ranks"], "dfq_intervals": res["dfq_intervals"]}
 
     records = json.loads(results_json.read_text()) if results_json.is_file() else []
     targets = target_checks(records)
