@@ -22,8 +22,8 @@ from aiqvit.errors import AIQViTError
 RECIPES: dict[str, dict[str, dict]] = {
     "fast": {"reconstruction": dict(iters=10, batch_size=8, hardness_refresh=5), "search": dict(iters=5)},
     # 512 calibration shapes set the activation ranges; reconstruction and rank search use the first
-    # 4 calibration batches (128 shapes): each unit re-runs the model on them twice, and with all 512
-    # one aiqvit part-segmentation run took over 30 minutes on one core.
+    # 4 calibration batches (128 shapes): each unit re-runs the model on them twice. With all 512 (and
+    # 80 + 30 iterations) one aiqvit part-segmentation run had not finished after 24 minutes on one core.
     "default": {"reconstruction": dict(iters=40, batch_size=16, hardness_refresh=20, max_batches=4),
                 "search": dict(iters=15)},
     "paper": {"reconstruction": dict(iters=6000, batch_size=24, hardness_refresh=50), "search": dict(iters=2000)},
