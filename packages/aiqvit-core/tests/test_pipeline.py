@@ -92,10 +92,17 @@ def test_reconstruction_max_batches_limits_the_reconstruction_data(calib_batches
 
     captured, calibrated = [], []
     real_capture, real_calibrate = api.capture_unit_io, api.calibrate_activations
-    monkeypatch.setattr(api, "capture_unit_io", lambda m, a, u, batches, **kw: (captured.append(len(batches)),
-                                                                                  real_capture(m, a, u, batches, **kw))[1])
-    monkeypatch.setattr(api, "calibrate_activations", lambda m, batches, show=True: (calibrated.append(len(batches)),
-                                                                                       real_calibrate(m, batches, show))[1])
+
+    def capture(model, adapter, unit, batches, **kwargs):
+        captured.append(len(batches))
+        return real_capture(model, adapter, unit, batches, **kwargs)
+
+    def calibrate(model, batches, show=True):
+        calibrated.append(len(batches))
+        return real_calibrate(model, batches, show)
+
+    monkeypatch.setattr(api, "capture_unit_io", capture)
+    monkeypatch.setattr(api, "calibrate_activations", calibrate)
     cfg = fast_config("brecq")
     cfg.reconstruction.max_batches = 1
     report = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, progress_bar=False)
