@@ -10,7 +10,9 @@ mkdir -p "$CACHE"
 if ls "$CACHE"/mmcv-2.1.0-*.whl >/dev/null 2>&1; then ls "$CACHE"/mmcv-2.1.0-*.whl | head -1; exit 0; fi
 "$PY" -m pip install -q "setuptools>=77,<82" wheel ninja >&2
 SRC=$(mktemp -d)
-"$PY" -m pip download -q --no-deps --no-binary :all: mmcv==2.1.0 -d "$SRC" >&2
+# pip prepares the sdist's metadata while downloading: without --no-build-isolation it does so
+# with the newest setuptools, whose missing pkg_resources breaks mmcv's setup.py
+"$PY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: mmcv==2.1.0 -d "$SRC" >&2
 tar -xzf "$SRC"/mmcv-2.1.0.tar.gz -C "$SRC"
 TMPW=$(mktemp -d)
 ( cd "$SRC/mmcv-2.1.0" && MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \

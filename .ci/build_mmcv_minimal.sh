@@ -11,9 +11,12 @@ PY=${1:?python interpreter}
 TORCH=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
 OUT=${AIQVIT_WHEEL_CACHE:-$HOME/.cache/aiqvit/wheels}/torch-$TORCH/mmcv-2.1.0-minimal
 if [ -f "$OUT/mmcv/_ext.py" ] && ls "$OUT"/mmcv/_ext_mini*.so >/dev/null 2>&1; then echo "$OUT"; exit 0; fi
-"$PY" -m pip install -q ninja >&2
+"$PY" -m pip install -q "setuptools>=77,<82" wheel ninja >&2
+mkdir -p "$(dirname "$OUT")"
 SRC=$(mktemp -d)
-"$PY" -m pip download -q --no-deps --no-binary :all: mmcv==2.1.0 -d "$SRC" >&2
+# pip prepares the sdist's metadata while downloading: without --no-build-isolation it does so
+# with the newest setuptools, whose missing pkg_resources breaks mmcv's setup.py
+"$PY" -m pip download -q --no-deps --no-build-isolation --no-binary :all: mmcv==2.1.0 -d "$SRC" >&2
 tar -xzf "$SRC"/mmcv-2.1.0.tar.gz -C "$SRC"
 TMP=$(mktemp -d "$(dirname "$OUT")/.mmcv-minimal.XXXXXX")
 cp -r "$SRC/mmcv-2.1.0/mmcv" "$TMP/"

@@ -129,11 +129,13 @@ def plot_softmax(samples: dict[str, np.ndarray], intervals: dict[str, tuple[floa
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
     for ax, name in zip(axes.ravel(), names):
-        ax.hist(samples[name], bins=100, range=(0, 1), log=True, color="tab:blue")
+        # log-spaced bins: most attention weights, and DFQ's log-spaced levels, lie far below 0.1
+        ax.hist(np.clip(samples[name], 1e-6, 1.0), bins=np.logspace(-6, 0, 80), log=True, color="tab:blue")
+        ax.set_xscale("log")
         key = f"{name}.quantizers"
         if key in intervals:
             b1, b2 = intervals[key]
-            ax.axvspan(b1, b2, color="tab:orange", alpha=0.25, label=f"DFQ [{b1:.3f}, {b2:.3f}]")
+            ax.axvspan(max(b1, 1e-6), b2, color="tab:orange", alpha=0.25, label=f"DFQ [{b1:.2g}, {b2:.2g}]")
             ax.legend(fontsize=7)
         ax.set_title(name.replace(".attn", ""), fontsize=8)
     for ax in axes.ravel()[len(names):]:

@@ -37,6 +37,8 @@ def main() -> None:
     p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
     p.add_argument("--recipe", default="fast")
     p.add_argument("--dev-size", type=int, default=1000)
+    p.add_argument("--calib-images", type=int, default=None, help="calibration images (default: the recipe's)")
+    p.add_argument("--seed", type=int, default=0, help="the config's seed (calibration images stay the same)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -51,16 +53,18 @@ def main() -> None:
     fp_pred, labels = predictions(model, dev)
     recipe = get_recipe(args.recipe)
     a_bits = args.a_bits or args.bits
-    config = build_config(args.method, args.bits, a_bits, recipe, 0, parse_overrides(args.set))
+    config = build_config(args.method, args.bits, a_bits, recipe, args.seed, parse_overrides(args.set))
     start = time.time()
-    report, _ = pipeline.quantize_model(model, train, config, recipe, progress=False)
+    report, _ = pipeline.quantize_model(model, train, config, recipe, calib_images=args.calib_images, progress=False)
     seconds = time.time() - start
     q_pred, _ = predictions(model, dev)
     fp_acc = float((fp_pred == labels).float().mean() * 100)
     q_acc = float((q_pred == labels).float().mean() * 100)
     agree = float((q_pred == fp_pred).float().mean() * 100)
     strengths = sorted(set(report.reparam_strengths.values())) if report.reparam_strengths else []
-    print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} {args.set}: dev top-1 {q_acc:.2f} "
+    calib = args.calib_images or recipe.calib_images
+    print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} calib={calib} seed={args.seed} {args.set}: "
+          f"dev top-1 {q_acc:.2f} "
           f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}", flush=True)
 
 

@@ -39,9 +39,11 @@ ABLATIONS = {
     "aiqvit+softmax=log2": {"softmax_quantizer": "log2"},
     "aiqvit+softmax=logsqrt2": {"softmax_quantizer": "logsqrt2"},
     "aiqvit+curriculum=off": {"reconstruction": {"curriculum": False}},
-    # our three additions to the paper, together and one at a time
+    # our additions to the paper (aiqvit.AIQVIT_PAPER_SETTINGS), together and one at a time
     "aiqvit+paper-settings": {"channelwise_inputs": "post_ln", "reparam_strength": 1.0,
-                              "reconstruction": {"input_source": "fp"}},
+                              "reconstruction": {"input_source": "fp"}, "dfq_spacing": "uniform", "act_init": "minmax"},
+    "aiqvit+dfq_spacing=uniform": {"dfq_spacing": "uniform"},
+    "aiqvit+act_init=minmax": {"act_init": "minmax"},
     "aiqvit+channelwise_inputs=post_ln": {"channelwise_inputs": "post_ln"},
     "aiqvit+reparam_strength=1": {"reparam_strength": 1.0},
     "aiqvit+input_source=fp": {"reconstruction": {"input_source": "fp"}},
@@ -74,7 +76,7 @@ def run_setting(job: dict) -> dict:
     torch.set_num_threads(1)
     return {"top1": result["top1"], "top5": result["top5"], "n": result["n"], "calib_seconds": seconds,
             "peak_rss_mb": peak_rss_mb(), "ranks": report.ranks, "dfq_intervals": report.dfq_intervals,
-            "calib_images": job.get("calib_images") or recipe.calib_images}
+            "dfq_spacing": config.dfq_spacing, "calib_images": job.get("calib_images") or recipe.calib_images}
 
 
 def fp_and_histograms(task_name: str, args) -> tuple[dict, dict]:
@@ -287,7 +289,8 @@ def main(argv=None):
         if job["label"] == "aiqvit":
             with _details(details_path) as details:
                 entry = details.setdefault(job["task"], {}).setdefault("settings", {})
-                entry[f"{setting}-{job['recipe']}"] = {"ranks": res["ranks"], "dfq_intervals": res["dfq_intervals"]}
+                entry[f"{setting}-{job['recipe']}"] = {"ranks": res["ranks"], "dfq_intervals": res["dfq_intervals"],
+                                                       "bits": job["bits"], "dfq_spacing": res["dfq_spacing"]}
 
     records = json.loads(results_json.read_text()) if results_json.is_file() else []
     targets = target_checks(records)

@@ -242,7 +242,20 @@ def test_paper_settings_undo_our_additions():
                                                 if k != "reconstruction"})
     paper.reconstruction.input_source = aiqvit.AIQVIT_PAPER_SETTINGS["reconstruction"]["input_source"]
     assert (paper.channelwise_inputs, paper.reparam_strength, paper.reconstruction.input_source) == ("post_ln", 1.0, "fp")
+    assert (ours.dfq_spacing, ours.act_init) == ("log", "auto")
+    assert (paper.dfq_spacing, paper.act_init) == ("uniform", "minmax")
     assert QuantConfig.from_dict(ours.to_dict()) == ours
+
+
+@pytest.mark.parametrize("a_bits, expected", [(3, "percentile"), (4, "percentile"), (6, "minmax"), (8, "minmax")])
+def test_auto_activation_init_depends_on_bits(a_bits, expected):
+    config = QuantConfig.for_method("aiqvit", 4, a_bits)
+    assert config.act_init == "auto" and config.resolved_act_init() == expected
+    model = make_outlier_toy(seed=0)
+    aiqvit.prepare(model, config)
+    assert model.blocks[0].fc2.input_quantizer.init == expected
+    assert model.blocks[0].attn.matmul_quantizers.key_quantizer.init == expected
+    assert QuantConfig.for_method("aiqvit", 4, a_bits, act_init="mse").resolved_act_init() == "mse"
 
 
 def test_searched_strengths_are_reported(calib_batches):
@@ -253,3 +266,31 @@ def test_searched_strengths_are_reported(calib_batches):
     assert set(report.reparam_strengths) == set(layers)
     assert set(report.reparam_strengths.values()) <= {0.0, 0.25, 0.5, 0.75, 1.0}
     assert all(m.input_quantizer.kept_rows is None for m in model.modules() if isinstance(m, aiqvit.QuantLinear))
+
+
+def test_qdrop_keeps_float_values_while_training_only():
+    q = aiqvit.UniformQuantizer(2)
+    q.calibrate_from(torch.linspace(-1, 1, 100))
+    x = torch.randn(10_000)
+    assert not torch.equal(q(x), x)
+    q.drop_prob = 0.5
+    kept = float((q(x) == x).float().mean())
+    assert 0.45 < kept < 0.6  # half skip the quantizer (plus the few already on the grid)
+
+
+def test_qdrop_reconstruction_is_seeded_and_resets(calib_batches, test_inputs):
+    outs = []
+    for _ in range(2):
+        model = make_outlier_toy(seed=0)
+        cfg = fast_config("aiqvit")
+        cfg.reconstruction.qdrop_prob = 0.5
+        aiqvit.quantize(model, calib_batches, cfg, progress_bar=False)
+        assert all(q.drop_prob == 0.0 for _, q in aiqvit.quantizers(model))
+        with torch.no_grad():
+            outs.append(model(test_inputs))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_qdrop_probability_out_of_range():
+    with pytest.raises(aiqvit.AIQViTError, match="qdrop_prob"):
+        QuantConfig(reconstruction=dict(qdrop_prob=1.0))

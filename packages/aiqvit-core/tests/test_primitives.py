@@ -49,16 +49,40 @@ def test_gradient_reaches_scale_and_input():
 
 
 @given(st.lists(st.floats(0, 1, width=32), min_size=1, max_size=64).map(torch.tensor), bits_st,
-       st.sampled_from(["b2", "one"]))
-def test_dfq_codes_range_and_monotone(p, bits, top):
+       st.sampled_from(["b2", "one"]), st.sampled_from(P.DFQ_SPACINGS))
+def test_dfq_codes_range_and_monotone(p, bits, top, spacing):
     b1, b2 = torch.tensor(0.01), torch.tensor(0.3)
     ps, _ = torch.sort(p)
-    codes = P.dfq_quantize(ps, b1, b2, bits, top)
+    codes = P.dfq_quantize(ps, b1, b2, bits, top, spacing)
     assert codes.min() >= 0 and codes.max() <= 2**bits - 1
     assert bool((codes[1:] >= codes[:-1]).all())
-    deq = P.dfq_dequantize(codes, b1, b2, bits, top)
+    deq = P.dfq_dequantize(codes, b1, b2, bits, top, spacing)
     assert bool((deq[1:] >= deq[:-1] - 1e-7).all())
-    assert torch.allclose(P.fake_dfq(ps, b1, b2, bits, top), deq, atol=1e-6)
+    assert torch.allclose(P.fake_dfq(ps, b1, b2, bits, top, spacing), deq, atol=1e-6)
+
+
+def test_dfq_log_spacing_levels_are_geometric():
+    b1, b2, bits = torch.tensor(1e-3), torch.tensor(0.5), 4
+    levels = P.dfq_dequantize(torch.arange(1, 2**bits), b1, b2, bits, "b2", "log")
+    assert float(levels[0]) == pytest.approx(1e-3) and float(levels[-1]) == pytest.approx(0.5)
+    ratios = levels[1:] / levels[:-1]
+    assert torch.allclose(ratios, torch.full_like(ratios, (500.0) ** (1 / 14)), rtol=1e-5)
+    # every level is a fixed point of the fake quantizer
+    assert torch.allclose(P.fake_dfq(levels, b1, b2, bits, "b2", "log"), levels, rtol=1e-5)
+
+
+def test_dfq_log_spacing_keeps_small_probabilities():
+    probs = torch.softmax(torch.randn(512, 65, generator=torch.Generator().manual_seed(0)) * 1.5, -1)
+    b1, b2 = torch.tensor(3e-3), torch.tensor(float(probs.max()))
+    inside = probs[probs >= b1]
+    rel = {sp: float(((P.fake_dfq(inside, b1, b2, 4, "b2", sp) - inside) / inside).abs().mean())
+           for sp in P.DFQ_SPACINGS}
+    assert rel["log"] < rel["uniform"] / 2
+
+
+def test_dfq_unknown_spacing():
+    with pytest.raises(ValueError, match="spacing"):
+        P.fake_dfq(torch.rand(4), torch.tensor(0.01), torch.tensor(0.3), 4, "b2", "cubic")
 
 
 def test_dfq_regions():
@@ -70,12 +94,14 @@ def test_dfq_regions():
     assert float(P.fake_dfq(x, b1, b2, 4, "b2")[2]) == pytest.approx(0.01)
 
 
-def test_dfq_gradients_reach_b1_and_b2():
+@pytest.mark.parametrize("spacing", P.DFQ_SPACINGS)
+def test_dfq_gradients_reach_b1_and_b2(spacing):
     x = torch.rand(1000) ** 4
     b1 = torch.tensor(0.01, requires_grad=True)
     b2 = torch.tensor(0.3, requires_grad=True)
-    (P.fake_dfq(x, b1, b2, 4, "b2") - x).pow(2).sum().backward()
+    (P.fake_dfq(x, b1, b2, 4, "b2", spacing) - x).pow(2).sum().backward()
     assert b1.grad.abs() > 0 and b2.grad.abs() > 0
+    assert torch.isfinite(b1.grad) and torch.isfinite(b2.grad)
 
 
 @given(st.lists(st.floats(0, 1, width=32), min_size=1, max_size=64).map(torch.tensor), bits_st,

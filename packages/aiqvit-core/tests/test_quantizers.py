@@ -68,11 +68,49 @@ def test_dfq_init_and_learnable_interval():
     assert q.b1.grad is not None and q.b2.grad is not None
 
 
+@pytest.mark.parametrize("spacing", ["uniform", "log"])
+def test_dfq_init_keeps_attention_mass(spacing):
+    """The row objective (squared error + squared row-sum error) loses less of ``probs @ V`` than
+    plain MSE when V has a mean component, as real attention values do."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(6, 65, 65, generator=g) * 2, -1)
+    v = torch.randn(6, 65, 32, generator=g) * 0.5 + torch.randn(1, 1, 32, generator=g)
+    errs = {}
+    for init in ("row", "mse"):
+        q = DynamicFocusingQuantizer(4, spacing=spacing, init=init)
+        with calibration_mode(torch.nn.Sequential(q)):
+            q(probs)
+        with torch.no_grad():
+            errs[init] = float((q(probs) @ v - probs @ v).pow(2).sum())
+    assert errs["row"] < errs["mse"]
+
+
+def test_dfq_log_spacing_beats_uniform_on_attention_output():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.softmax(torch.randn(6, 65, 65, generator=g) * 1.5, -1)
+    v = torch.randn(6, 65, 32, generator=g) + 0.5
+    errs = {}
+    for spacing in ("uniform", "log"):
+        q = DynamicFocusingQuantizer(4, spacing=spacing)
+        with calibration_mode(torch.nn.Sequential(q)):
+            q(probs)
+        with torch.no_grad():
+            errs[spacing] = float((q(probs) @ v - probs @ v).pow(2).sum())
+    assert errs["log"] < errs["uniform"] / 2
+
+
+def test_dfq_rejects_bad_options():
+    with pytest.raises(ValueError, match="spacing"):
+        DynamicFocusingQuantizer(4, spacing="cubic")
+    with pytest.raises(ValueError, match="init"):
+        DynamicFocusingQuantizer(4, init="max")
+
+
 def test_dfq_beats_uniform_on_softmax_at_4_bits():
     probs = torch.softmax(torch.randn(256, 197, generator=torch.Generator().manual_seed(0)) * 2, -1)
     errs = {}
     for kind in ("uniform", "dfq", "log2"):
-        q = make_softmax_quantizer(kind, 4)
+        q = make_softmax_quantizer(kind, 4, dfq_init="mse")
         with calibration_mode(torch.nn.Sequential(q)):
             q(probs)
         errs[kind] = float((q(probs) - probs).pow(2).mean())
@@ -89,3 +127,30 @@ def test_log_quantizer_module():
 def test_unknown_softmax_quantizer():
     with pytest.raises(ValueError, match="unknown softmax quantizer"):
         make_softmax_quantizer("cubic", 4)
+
+
+def test_probs_quantizer_sees_the_softmax_axis_last():
+    from aiqvit import AttentionQuantizers
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            self.shape = tuple(x.shape)
+            return x * 2
+
+    rec = Recorder()
+    aq = AttentionQuantizers(torch.nn.Identity(), torch.nn.Identity(), rec, torch.nn.Identity())
+    p = torch.softmax(torch.randn(2, 5, 16, 3), dim=2)
+    out = aq.probs(p, dim=2)
+    assert rec.shape == (2, 5, 3, 16)
+    assert out.shape == p.shape and torch.equal(out, p * 2)
+    aq.probs(p)
+    assert rec.shape == p.shape
+
+
+def test_config_rejects_unknown_dfq_options():
+    from aiqvit import AIQViTError, QuantConfig
+
+    with pytest.raises(AIQViTError, match="dfq_spacing"):
+        QuantConfig(dfq_spacing="cubic")
+    with pytest.raises(AIQViTError, match="dfq_init"):
+        QuantConfig(dfq_init="max")

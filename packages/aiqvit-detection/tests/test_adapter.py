@@ -153,3 +153,25 @@ def test_quantize_changes_outputs_a_little_and_roundtrips(detector, scope, metho
     for a, b in zip(_feats(loaded, batch), q):
         assert torch.equal(a, b)
     _same_predictions(_predict(loaded, batch), _predict(model, batch))
+
+
+def test_key_centering_keeps_detector_outputs(detector):
+    from mmdet_helpers import image_batch
+
+    from aiqvit.centering import center_attention_keys, key_ranges
+    from aiqvit_detection.adapter import SwinDetectorAdapter
+
+    model = copy.deepcopy(detector)
+    adapter = SwinDetectorAdapter()
+    assert len(adapter.key_projections(model)) == 8
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a large shared key offset, invisible to the window Softmax
+        for qkv, keys in adapter.key_projections(model):
+            qkv.bias[keys] += 5 * torch.randn(keys.stop - keys.start, generator=g)
+    batch = image_batch([(160, 160)])
+    ref = _feats(model, batch)
+    assert center_attention_keys(model, adapter, [batch]) == 8
+    for a, b in zip(_feats(model, batch), ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _, ranges = key_ranges(model, adapter, [batch])
+    assert all(float((lo + hi).abs().max()) < 1e-3 for lo, hi in ranges)

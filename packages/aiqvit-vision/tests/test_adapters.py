@@ -153,3 +153,29 @@ def test_adapter_selection_by_type():
     assert isinstance(aiqvit.find_adapter(tiny_swin()), SwinAdapter)
     with pytest.raises(aiqvit.AdapterError):
         aiqvit.find_adapter(torch.nn.Sequential(torch.nn.Linear(2, 2)))
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_deit_distilled, tiny_swin])
+def test_key_centering_keeps_timm_outputs(build):
+    from aiqvit.centering import center_attention_keys, key_ranges
+
+    model = build()
+    adapter = aiqvit.find_adapter(model)
+    from timm.layers.attention import Attention
+    from timm.models.swin_transformer import WindowAttention
+
+    assert len(adapter.key_projections(model)) == sum(isinstance(m, (Attention, WindowAttention)) for m in model.modules())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a large shared key offset, invisible to the Softmax
+        for qkv, keys in adapter.key_projections(model):
+            qkv.bias[keys] += 5 * torch.randn(keys.stop - keys.start, generator=g)
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = model(x)
+    calib = [torch.randn(4, 3, 32, 32, generator=g)]
+    centered = copy.deepcopy(model)
+    assert center_attention_keys(centered, adapter, calib) == len(adapter.key_projections(model))
+    with torch.no_grad():
+        torch.testing.assert_close(centered(x), ref, atol=1e-5, rtol=1e-5)
+    _, ranges = key_ranges(centered, adapter, calib)
+    assert all(float((lo + hi).abs().max()) < 1e-4 for lo, hi in ranges)

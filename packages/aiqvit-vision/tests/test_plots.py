@@ -21,11 +21,14 @@ def test_plots_from_results(tmp_path, capsys):
     (tmp_path / "vision.json").write_text(json.dumps(records))
     details = {"t": {"softmax_hist": {"blocks.0.attn.quantizers": [5.0] * 100},
                      "settings": {"W4A4-fast": {"ranks": {"blocks.0.attn.qkv": 20},
-                                                "dfq_intervals": {"blocks.0.attn.quantizers": [0.01, 0.2]}}}}}
+                                                "dfq_intervals": {"blocks.0.attn.quantizers": [0.01, 0.2]}},
+                                  "W3A3-fast": {"ranks": {"blocks.0.attn.qkv": 10}, "bits": 3, "dfq_spacing": "log",
+                                                "dfq_intervals": {"blocks.0.attn.quantizers": [1e-3, 0.5]}}}}}
     (tmp_path / DETAILS_FILE).write_text(json.dumps(details))
     assert main(["plots", "--results", str(tmp_path / "vision.json"), "--out", str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert names == ["vision_t_accuracy_vs_bits.png", "vision_t_ranks_W4A4-fast.png", "vision_t_softmax_dfq_W4A4-fast.png"]
+    assert names == ["vision_t_accuracy_vs_bits.png", "vision_t_ranks_W3A3-fast.png", "vision_t_ranks_W4A4-fast.png",
+                     "vision_t_softmax_dfq_W3A3-fast.png", "vision_t_softmax_dfq_W4A4-fast.png"]
     assert all((tmp_path / n).stat().st_size > 1000 for n in names)
 
 
@@ -43,3 +46,13 @@ def test_softmax_histograms_count_every_probability():
     assert list(hists) == ["blocks.0.attn.quantizers", "blocks.1.attn.quantizers"]
     tokens = 1 + 4
     assert sum(hists["blocks.0.attn.quantizers"]) == pytest.approx(2 * 2 * tokens * tokens)
+
+
+def test_dfq_levels_follow_the_spacing():
+    from aiqvit_vision.plots import dfq_levels
+
+    uniform, log = dfq_levels(0.01, 0.5, 3, "uniform"), dfq_levels(0.01, 0.5, 3, "log")
+    assert len(uniform) == len(log) == 7
+    assert uniform[0] == pytest.approx(0.01) and log[0] == pytest.approx(0.01) and log[-1] == pytest.approx(0.5)
+    assert uniform[1] - uniform[0] == pytest.approx(uniform[-1] - uniform[-2])
+    assert log[1] / log[0] == pytest.approx(log[-1] / log[-2])

@@ -17,6 +17,8 @@ substrings. It answers five questions:
   ``(norm, [linear, ...])`` where the norm's output feeds only those linears (scale
   reparameterization folds into both).
 * :meth:`~ModelAdapter.run`: how to call the model on one calibration batch.
+
+Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``).
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ class ModelAdapter:
 
     def run(self, model: nn.Module, batch: Any) -> Any:
         return model(batch)
+
+    def key_projections(self, model: nn.Module) -> list[tuple[nn.Linear, slice]]:
+        """``(linear, channels)`` per attention whose keys are ``linear``'s output ``channels`` and are
+        read only by ``q @ k^T`` followed by a Softmax over the keys (no norm or other use of ``k``):
+        a per-channel shift of those keys leaves the attention unchanged (key centering). Default: none."""
+        return []
 
 
 _REGISTRY: list[type[ModelAdapter]] = []

@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import ModelAdapter
+from .adapters import ModelAdapter, find_adapter
 from .calibration import calibration_mode, quantization_disabled
+from .centering import center_attention_keys
 from .config import QuantConfig
-from .errors import CalibrationDataError, CheckpointError
+from .errors import AdapterError, CalibrationDataError, CheckpointError
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
 from .modules import QuantLinear
@@ -47,6 +48,7 @@ class QuantizationReport:
     unit_losses: dict[str, tuple[float, float]] = field(default_factory=dict)
     dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     reparam_strengths: dict[str, float] = field(default_factory=dict)
+    centered_keys: int = 0  # attentions whose keys were centered (config.center_keys)
     resumed_units: list[str] = field(default_factory=list)
 
 
@@ -195,9 +197,14 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     batches = validate_calibration_data(calibration_data)
     torch.manual_seed(config.seed)
     model.eval()
+    if getattr(model, "aiqvit_info", None) is not None:
+        raise AdapterError("model is already prepared for quantization")
+    adapter = adapter if adapter is not None else find_adapter(model)
+    report = QuantizationReport(config.method, config.w_bits, config.a_bits)
+    if config.center_keys:
+        report.centered_keys = center_attention_keys(model, adapter, batches, progress_bar)
     prepare(model, config, adapter)
     info = get_info(model)
-    report = QuantizationReport(config.method, config.w_bits, config.a_bits)
 
     calibrate_activations(model, batches, progress_bar)
     if config.reparam == "before":

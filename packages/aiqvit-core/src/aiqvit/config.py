@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import AIQViTError, check_bits
 from .lowrank import DEFAULT_CANDIDATE_RANKS
-from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS
+from .primitives import DFQ_SPACINGS
+from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS, DynamicFocusingQuantizer
 from .reparam import DEFAULT_STRENGTH_GRID
 
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
@@ -19,6 +20,10 @@ LOWRANK_MODES = ("off", "fixed", "search")
 REPARAM_MODES = ("off", "before", "after")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
+# act_init="auto": percentile clipping at or below this many activation bits, min-max above
+# (measured on the real ViT-S/14, docs/METHOD-NOTES.md: clipping the rare largest values pays at
+# 3-4 bits and costs at 6)
+AUTO_ACT_INIT_PERCENTILE_BITS = 4
 
 
 @dataclass
@@ -41,6 +46,9 @@ class ReconstructionConfig:
     # Activation ranges always see every batch. Each unit re-runs the model on these batches twice
     # (float targets, quantized inputs), which dominates the cost of small models with many units.
     max_batches: int = 0
+    # QDrop: while training, every activation element skips its quantizer with this probability
+    # (0 = off, the paper; 0.5 = QDrop's default)
+    qdrop_prob: float = 0.0
 
 
 @dataclass
@@ -65,10 +73,14 @@ class QuantConfig:
     w_bits: int = 4
     a_bits: int = 4
     weight_init: str = "mse"
-    act_init: str = "minmax"
+    act_init: str = "minmax"  # or "percentile", "mse", "auto" (see resolved_act_init)
     act_percentile: float = 99.99
     softmax_quantizer: str = "dfq"
     dfq_top: str = "b2"
+    # levels inside the DFQ interval: "uniform" (the paper) or "log" (geometric; ours, docs/METHOD-NOTES.md)
+    dfq_spacing: str = "uniform"
+    # DFQ init objective (OPEN in the paper): "row" = squared error + squared row-sum error, "mse"
+    dfq_init: str = "row"
     reparam: str = "before"  # fold post-LN channel-wise scales before reconstruction (RepQ order) or after it
     # which Linear inputs are calibrated channel-wise and reparameterized to layer-wise: the post-LN
     # ones (the paper) or every Linear input (ours: post-GELU and attention-output inputs too, folded
@@ -79,6 +91,9 @@ class QuantConfig:
     # value of reparam_strength_grid whose quantized layer output is closest to the float one
     reparam_strength: float | str = 1.0
     reparam_strength_grid: tuple[float, ...] = DEFAULT_STRENGTH_GRID
+    # shift the (free) key bias of every attention so that its keys are centered per channel before
+    # quantization (aiqvit.centering; ours, docs/METHOD-NOTES.md); needs the adapter's key_projections
+    center_keys: bool = False
     lowrank: str = "search"
     lowrank_rank: int = 20
     reconstruct: bool = True
@@ -102,9 +117,11 @@ class QuantConfig:
         check_bits(self.a_bits, "a_bits")
         _choice("method", self.method, METHODS)
         _choice("weight_init", self.weight_init, INIT_METHODS)
-        _choice("act_init", self.act_init, INIT_METHODS)
+        _choice("act_init", self.act_init, INIT_METHODS + ("auto",))
         _choice("softmax_quantizer", self.softmax_quantizer, SOFTMAX_QUANTIZERS)
         _choice("dfq_top", self.dfq_top, ("b2", "one"))
+        _choice("dfq_spacing", self.dfq_spacing, DFQ_SPACINGS)
+        _choice("dfq_init", self.dfq_init, DynamicFocusingQuantizer.INIT_OBJECTIVES)
         _choice("reparam", self.reparam, REPARAM_MODES)
         _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
         _choice("lowrank", self.lowrank, LOWRANK_MODES)
@@ -119,6 +136,8 @@ class QuantConfig:
             raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
         if self.reconstruction.max_batches < 0:
             raise AIQViTError(f"reconstruction.max_batches must be >= 0 (0 = all batches), got {self.reconstruction.max_batches}")
+        if not 0.0 <= self.reconstruction.qdrop_prob < 1.0:
+            raise AIQViTError(f"reconstruction.qdrop_prob must lie in [0, 1), got {self.reconstruction.qdrop_prob}")
         if not 0 < self.reconstruction.lambda0 <= 1:
             raise AIQViTError(f"reconstruction.lambda0 must lie in (0, 1], got {self.reconstruction.lambda0}")
         if self.lowrank_rank < 1:
@@ -145,6 +164,12 @@ class QuantConfig:
             raise AIQViTError(f"unknown config keys: {sorted(unknown)}")
         return cls(**d)
 
+    def resolved_act_init(self) -> str:
+        """The activation init actually used: ``act_init``, with ``"auto"`` resolved by ``a_bits``."""
+        if self.act_init != "auto":
+            return self.act_init
+        return "percentile" if self.a_bits <= AUTO_ACT_INIT_PERCENTILE_BITS else "minmax"
+
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
@@ -168,15 +193,16 @@ METHOD_PRESETS: dict[str, dict] = {
     "brecq": dict(weight_init="mse", act_init="minmax", softmax_quantizer="uniform", reparam="off",
                   lowrank="off", reconstruct=True, learn_weight_scale=True,
                   reconstruction=ReconstructionConfig(curriculum=False, input_source="quant")),
-    # AIQViT as specified, plus three settings of ours measured on the real ViT-S/14 (docs/METHOD-NOTES.md):
-    # every Linear input reparameterized, the migration strength searched per layer, and reconstruction
-    # from quantized-model inputs. ``AIQVIT_PAPER_SETTINGS`` undoes them.
-    "aiqvit": dict(weight_init="mse", act_init="minmax", softmax_quantizer="dfq", reparam="before",
+    # AIQViT as specified, plus five settings of ours measured on the real ViT-S/14 (docs/METHOD-NOTES.md):
+    # every Linear input reparameterized, the migration strength searched per layer, reconstruction
+    # from quantized-model inputs, log-spaced DFQ levels and bit-dependent activation range init.
+    # ``AIQVIT_PAPER_SETTINGS`` undoes them.
+    "aiqvit": dict(weight_init="mse", act_init="auto", softmax_quantizer="dfq", dfq_spacing="log", reparam="before",
                    channelwise_inputs="all", reparam_strength="search", lowrank="search", reconstruct=True,
                    learn_weight_scale=True, reconstruction=ReconstructionConfig(input_source="quant")),
 }
 
 # overrides that return the aiqvit preset to the paper's wording (post-LN reparameterization only,
-# full migration, reconstruction from full-precision inputs)
+# full migration, reconstruction from full-precision inputs, uniform DFQ levels, min-max ranges)
 AIQVIT_PAPER_SETTINGS: dict = dict(channelwise_inputs="post_ln", reparam_strength=1.0,
-                                   reconstruction=dict(input_source="fp"))
+                                   reconstruction=dict(input_source="fp"), dfq_spacing="uniform", act_init="minmax")

@@ -152,8 +152,11 @@ class AttentionQuantizers(nn.Module):
     def key(self, k: torch.Tensor) -> torch.Tensor:
         return self.key_quantizer(k)
 
-    def probs(self, p: torch.Tensor) -> torch.Tensor:
-        return self.probs_quantizer(p)
+    def probs(self, p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+        """The post-Softmax quantizer; ``dim`` is the Softmax axis (its quantizer sees it last)."""
+        if dim in (-1, p.ndim - 1):
+            return self.probs_quantizer(p)
+        return self.probs_quantizer(p.movedim(dim, -1)).movedim(-1, dim)
 
     def value(self, v: torch.Tensor) -> torch.Tensor:
         return self.value_quantizer(v)

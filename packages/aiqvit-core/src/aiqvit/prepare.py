@@ -41,10 +41,11 @@ def _names_by_id(model: nn.Module) -> dict[int, str]:
 
 def attention_quantizers(config: QuantConfig, seed: int) -> AttentionQuantizers:
     def act(k):
-        return UniformQuantizer(config.a_bits, init=config.act_init, percentile=config.act_percentile,
+        return UniformQuantizer(config.a_bits, init=config.resolved_act_init(), percentile=config.act_percentile,
                                 learnable=config.reconstruct, seed=seed + k)
 
-    probs = make_softmax_quantizer(config.softmax_quantizer, config.a_bits, dfq_top=config.dfq_top, seed=seed + 3)
+    probs = make_softmax_quantizer(config.softmax_quantizer, config.a_bits, dfq_top=config.dfq_top,
+                                   dfq_spacing=config.dfq_spacing, dfq_init=config.dfq_init, seed=seed + 3)
     return AttentionQuantizers(act(0), act(1), probs, act(2))
 
 
@@ -87,7 +88,7 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         wq = UniformQuantizer(config.w_bits, per_channel=True, channel_dim=0, init=config.weight_init,
                               learnable=config.learn_weight_scale, seed=seed)
         iq = UniformQuantizer(config.a_bits, per_channel=name in channelwise_inputs, channel_dim=-1,
-                              init=config.act_init, percentile=config.act_percentile,
+                              init=config.resolved_act_init(), percentile=config.act_percentile,
                               learnable=config.reconstruct, seed=seed + 1)
         if name in strength_search_rows:
             iq.keep_rows = 2048

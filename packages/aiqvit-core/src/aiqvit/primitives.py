@@ -52,10 +52,14 @@ def affine_params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, eps:
 # --- Dynamic Focusing Quantizer (METHOD.md section 3) -----------------------------------------
 
 DFQ_TOP_CODE_VALUES = ("b2", "one")
+# how the levels inside [b1, b2] are spaced: "uniform" (the paper) or "log" (geometric: equal ratios
+# between neighbouring levels, so small probabilities keep the same relative precision as large ones)
+DFQ_SPACINGS = ("uniform", "log")
+DFQ_MIN_B1_LOG = 1e-8  # log spacing needs b1 > 0
 
 
 def _dfq_levels(bits: int, top: str) -> int:
-    """How many uniform levels lie inside ``[b1, b2]``: codes 1..n (code 0 means 'below b1')."""
+    """How many levels lie inside ``[b1, b2]``: codes 1..n (code 0 means 'below b1')."""
     if top not in DFQ_TOP_CODE_VALUES:
         raise ValueError(f"top must be one of {DFQ_TOP_CODE_VALUES}, got {top!r}")
     top_code = 2**bits - 1
@@ -64,33 +68,58 @@ def _dfq_levels(bits: int, top: str) -> int:
     return top_code if top == "b2" else top_code - 1
 
 
-def dfq_quantize(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2") -> torch.Tensor:
-    """DFQ integer codes: 0 below ``b1``; codes ``1..n`` uniform on ``[b1, b2]``; ``2^k-1`` above ``b2``."""
+def _check_spacing(spacing: str) -> None:
+    if spacing not in DFQ_SPACINGS:
+        raise ValueError(f"spacing must be one of {DFQ_SPACINGS}, got {spacing!r}")
+
+
+def _dfq_position(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, n: int, spacing: str) -> torch.Tensor:
+    """Where ``x`` falls on the grid of ``n`` levels, in units of one level (0 = b1, n - 1 = b2), unrounded."""
+    if spacing == "uniform":
+        return (x - b1) / ((b2 - b1) / max(n - 1, 1))
+    b1 = b1.clamp(min=DFQ_MIN_B1_LOG)
+    log_ratio = (torch.log(b2) - torch.log(b1)) / max(n - 1, 1)
+    return (torch.log(torch.maximum(x, b1)) - torch.log(b1)) / log_ratio  # x < b1 is masked by the caller
+
+
+def _dfq_level(idx: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, n: int, spacing: str) -> torch.Tensor:
+    """The value of grid level ``idx`` (0 = b1, n - 1 = b2)."""
+    if spacing == "uniform":
+        return b1 + idx * ((b2 - b1) / max(n - 1, 1))
+    b1 = b1.clamp(min=DFQ_MIN_B1_LOG)
+    return b1 * torch.exp(idx * (torch.log(b2) - torch.log(b1)) / max(n - 1, 1))
+
+
+def dfq_quantize(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2",
+                 spacing: str = "uniform") -> torch.Tensor:
+    """DFQ integer codes: 0 below ``b1``; codes ``1..n`` on ``[b1, b2]`` (``spacing``); ``2^k-1`` above ``b2``."""
+    _check_spacing(spacing)
     n = _dfq_levels(bits, top)
-    step = (b2 - b1) / max(n - 1, 1)
-    inside = 1 + torch.clamp(torch.round((x - b1) / step), 0, n - 1)
+    inside = 1 + torch.clamp(torch.round(_dfq_position(x, b1, b2, n, spacing)), 0, n - 1)
     codes = torch.where(x < b1, torch.zeros_like(inside), inside)
     codes = torch.where(x > b2, torch.full_like(inside, 2**bits - 1), codes)
     return codes.to(torch.int32)
 
 
-def dfq_dequantize(codes: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2") -> torch.Tensor:
+def dfq_dequantize(codes: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2",
+                   spacing: str = "uniform") -> torch.Tensor:
+    _check_spacing(spacing)
     n = _dfq_levels(bits, top)
-    step = (b2 - b1) / max(n - 1, 1)
     c = codes.to(b1.dtype)
-    values = b1 + (c - 1) * step
+    values = _dfq_level(torch.clamp(c - 1, 0, n - 1), b1, b2, n, spacing)
     values = torch.where(codes == 0, torch.zeros_like(values), values)
     if top == "one":
         values = torch.where(codes == 2**bits - 1, torch.ones_like(values), values)
     return values
 
 
-def fake_dfq(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2") -> torch.Tensor:
+def fake_dfq(x: torch.Tensor, b1: torch.Tensor, b2: torch.Tensor, bits: int, top: str = "b2",
+             spacing: str = "uniform") -> torch.Tensor:
     """Differentiable DFQ: STE for ``x``; ``b1``/``b2`` receive LSQ-style gradients through the grid."""
+    _check_spacing(spacing)
     n = _dfq_levels(bits, top)
-    step = (b2 - b1) / max(n - 1, 1)
-    idx = torch.clamp(round_ste((x - b1) / step), 0, n - 1)
-    inside = b1 + idx * step
+    idx = torch.clamp(round_ste(_dfq_position(x, b1, b2, n, spacing)), 0, n - 1)
+    inside = _dfq_level(idx, b1, b2, n, spacing)
     below = torch.zeros_like(x)
     above = b2.expand_as(x) if top == "b2" else torch.ones_like(x)
     return torch.where(x < b1, below, torch.where(x > b2, above, inside))

@@ -26,6 +26,9 @@ class Quantizer(nn.Module):
         self.enabled = True
         self.calibrating = False
         self.seen_data = False
+        # QDrop (Wei et al., ICLR 2022): while reconstruction trains, each element keeps its float
+        # value with this probability (set and reset by aiqvit.reconstruction; 0 = always quantize)
+        self.drop_prob = 0.0
         self.register_buffer("initialized", torch.tensor(False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -37,7 +40,10 @@ class Quantizer(nn.Module):
             return x
         if not bool(self.initialized):
             raise RuntimeError(f"{type(self).__name__} used before calibration; run calibration_mode first")
-        return self.fake_quantize(x)
+        out = self.fake_quantize(x)
+        if self.drop_prob > 0:
+            out = torch.where(torch.rand_like(x) < self.drop_prob, x, out)
+        return out
 
     def observe(self, x: torch.Tensor) -> None:  # pragma: no cover - overridden
         pass
@@ -198,61 +204,95 @@ class DynamicFocusingQuantizer(Quantizer):
     """DFQ for post-Softmax probabilities: all levels spent on a learned interval ``[b1, b2]``.
 
     ``top`` chooses what the saturated top code dequantizes to (``"b2"`` or ``"one"``).
-    Init (``init="mse"``): grid search over b1 in {0, 1e-3, ..., 3e-2} x b2 from high quantiles of
-    the observed probabilities, minimizing the squared error on the observed values.
+    ``spacing`` places the levels inside the interval: ``"uniform"`` (the paper) or ``"log"``
+    (geometric, equal ratios between neighbouring levels; ``b1 > 0``).
+    Init: grid search over b1 (``B1_GRID[spacing]``) x b2 from high quantiles of the observed
+    probabilities, minimizing ``init``'s objective on the observed rows (see :meth:`_init_error`).
     """
 
-    B1_GRID = (0.0, 1e-3, 3e-3, 1e-2, 2e-2, 3e-2)
+    B1_GRID = {"uniform": (0.0, 1e-3, 3e-3, 1e-2, 2e-2, 3e-2),
+               "log": (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)}
     B2_QUANTILES = (0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0)
+    INIT_OBJECTIVES = ("row", "mse")
 
-    def __init__(self, bits: int, top: str = "b2", seed: int = 0):
+    def __init__(self, bits: int, top: str = "b2", seed: int = 0, spacing: str = "uniform", init: str = "row"):
         super().__init__(bits)
         if top not in P.DFQ_TOP_CODE_VALUES:
             raise ValueError(f"top must be one of {P.DFQ_TOP_CODE_VALUES}, got {top!r}")
+        if spacing not in P.DFQ_SPACINGS:
+            raise ValueError(f"spacing must be one of {P.DFQ_SPACINGS}, got {spacing!r}")
+        if init not in self.INIT_OBJECTIVES:
+            raise ValueError(f"init must be one of {self.INIT_OBJECTIVES}, got {init!r}")
         self.top = top
-        self.b1 = nn.Parameter(torch.tensor(0.01))
+        self.spacing = spacing
+        self.init = init
+        self.b1 = nn.Parameter(torch.tensor(0.01 if spacing == "uniform" else 1e-3))
         self.b2 = nn.Parameter(torch.tensor(0.2))
-        self._samples: list[torch.Tensor] = []
+        self._rows: list[torch.Tensor] = []
         self._generator = torch.Generator().manual_seed(seed)
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, top={self.top}"
+        return f"bits={self.bits}, top={self.top}, spacing={self.spacing}"
 
     def observe(self, x: torch.Tensor) -> None:
-        flat = x.reshape(-1).float()
-        idx = torch.randperm(flat.numel(), generator=self._generator)[: _KEEP_PER_BATCH[False]]
-        self._samples.append(flat[idx])
+        # whole rows of the probability map (the Softmax axis is last): the init objective needs row sums
+        rows = x.reshape(-1, x.shape[-1]).float() if x.ndim else x.reshape(1, 1).float()
+        keep = max(1, _KEEP_PER_BATCH[False] // rows.shape[1])
+        self._rows.append(rows[torch.randperm(rows.shape[0], generator=self._generator)[:keep]])
 
     def interval(self) -> tuple[torch.Tensor, torch.Tensor]:
-        b1 = self.b1.clamp(0.0, 1.0)
+        b1 = self.b1.clamp(P.DFQ_MIN_B1_LOG if self.spacing == "log" else 0.0, 1.0)
         b2 = torch.maximum(self.b2.clamp(max=1.0), b1 + 1e-4)
         return b1, b2
 
+    def _init_error(self, groups: list[torch.Tensor], b1: float, b2: float) -> float:
+        """``init="mse"``: mean squared error per value. ``init="row"``: per row, the squared error
+        plus the squared error of the row sum (the attention mass lost or gained). The output of
+        ``probs @ V`` errs by ``sum_j e_j v_j``: the first term is its part from the spread of V,
+        the second its part from the mean of V, which zeroing many small probabilities biases."""
+        t1, t2 = torch.tensor(b1), torch.tensor(b2)
+        total, count = 0.0, 0
+        for rows in groups:
+            e = P.fake_dfq(rows, t1, t2, self.bits, self.top, self.spacing) - rows
+            if self.init == "mse":
+                total, count = total + float(e.pow(2).sum()), count + e.numel()
+            else:
+                total, count = total + float((e.pow(2).sum(1) + e.sum(1).pow(2)).sum()), count + e.shape[0]
+        return total / max(count, 1)
+
+    @torch.no_grad()
     def finish_calibration(self) -> None:
-        if not self._samples:
+        if not self._rows:
             raise RuntimeError("quantizer saw no data during calibration")
-        x = torch.cat(self._samples)
-        if x.numel() > _KEEP_TOTAL[False]:
-            x = x[torch.randperm(x.numel(), generator=self._generator)[: _KEEP_TOTAL[False]]]
-        sub = x
-        best = (float("inf"), 0.01, 0.2)
+        by_width: dict[int, list[torch.Tensor]] = {}
+        for rows in self._rows:
+            by_width.setdefault(rows.shape[1], []).append(rows)
+        groups = []
+        for width, parts in by_width.items():
+            rows = torch.cat(parts)
+            cap = max(1, _KEEP_TOTAL[False] // width)
+            if rows.shape[0] > cap:
+                rows = rows[torch.randperm(rows.shape[0], generator=self._generator)[:cap]]
+            groups.append(rows)
+        values = torch.cat([g.reshape(-1) for g in groups])
+        sub = values[torch.randperm(values.numel(), generator=self._generator)[: 1 << 22]]  # torch.quantile's limit
+        best = (float("inf"), float(self.b1), float(self.b2))
         for q in self.B2_QUANTILES:
-            b2 = float(torch.quantile(sub, q)) if q < 1.0 else float(x.max())
-            for b1 in self.B1_GRID:
+            b2 = float(torch.quantile(sub, q)) if q < 1.0 else float(values.max())
+            for b1 in self.B1_GRID[self.spacing]:
                 if b1 >= b2:
                     continue
-                t1, t2 = torch.tensor(b1), torch.tensor(b2)
-                err = float(((P.fake_dfq(x, t1, t2, self.bits, self.top) - x) ** 2).mean())
+                err = self._init_error(groups, b1, b2)
                 if err < best[0]:
                     best = (err, b1, b2)
         self.b1.data.fill_(best[1])
         self.b2.data.fill_(best[2])
-        self._samples = []
+        self._rows = []
         self.initialized.fill_(True)
 
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         b1, b2 = self.interval()
-        return P.fake_dfq(x, b1.to(x.dtype), b2.to(x.dtype), self.bits, self.top)
+        return P.fake_dfq(x, b1.to(x.dtype), b2.to(x.dtype), self.bits, self.top, self.spacing)
 
     def learnable_parameters(self) -> list[nn.Parameter]:
         return [self.b1, self.b2]
@@ -280,7 +320,8 @@ class LogQuantizer(Quantizer):
 SOFTMAX_QUANTIZERS = ("uniform", "log2", "logsqrt2", "dfq")
 
 
-def make_softmax_quantizer(kind: str, bits: int, *, dfq_top: str = "b2", seed: int = 0) -> Quantizer:
+def make_softmax_quantizer(kind: str, bits: int, *, dfq_top: str = "b2", dfq_spacing: str = "uniform",
+                           dfq_init: str = "row", seed: int = 0) -> Quantizer:
     """The post-Softmax quantizer named ``kind`` (one of :data:`SOFTMAX_QUANTIZERS`)."""
     if kind == "uniform":
         return UniformQuantizer(bits, init="minmax", learnable=True, seed=seed)
@@ -289,5 +330,5 @@ def make_softmax_quantizer(kind: str, bits: int, *, dfq_top: str = "b2", seed: i
     if kind == "logsqrt2":
         return LogQuantizer(bits, "sqrt2")
     if kind == "dfq":
-        return DynamicFocusingQuantizer(bits, top=dfq_top, seed=seed)
+        return DynamicFocusingQuantizer(bits, top=dfq_top, seed=seed, spacing=dfq_spacing, init=dfq_init)
     raise ValueError(f"unknown softmax quantizer {kind!r}; choose from {SOFTMAX_QUANTIZERS}")

@@ -185,11 +185,17 @@ def _param_groups(unit: nn.Module, cfg: ReconstructionConfig, learn_weight_scale
             continue
         if isinstance(m, DynamicFocusingQuantizer):
             b1, b2 = (b.detach() for b in m.interval())
-            add([m.b1], cfg.lr_dfq * max(float(b1), 1e-3))
+            add([m.b1], cfg.lr_dfq * (float(b1) if m.spacing == "log" else max(float(b1), 1e-3)))
             add([m.b2], cfg.lr_dfq * float(b2))
         elif isinstance(m, UniformQuantizer) and m.learnable and bool(m.initialized):
             add([m.scale], cfg.lr_act_scale * float(m.scale.detach().abs().mean()))
     return groups
+
+
+def activation_quantizers(unit: nn.Module) -> list[Quantizer]:
+    """Every quantizer in ``unit`` except the layers' weight quantizers."""
+    weights = {id(m.weight_quantizer) for m in unit.modules() if isinstance(m, _QuantLayer)}
+    return [m for m in unit.modules() if isinstance(m, Quantizer) and id(m) not in weights]
 
 
 def _set_trainable(unit: nn.Module, groups: list[dict]) -> None:
@@ -215,15 +221,22 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
     n = len(data)
     bs = min(cfg.batch_size, n)
     order = torch.arange(n)
+    dropping = activation_quantizers(unit) if cfg.qdrop_prob > 0 else []
     for t in progress(range(cfg.iters), desc=desc, total=cfg.iters, enabled=show):
         if cfg.curriculum:
             if t % max(cfg.hardness_refresh, 1) == 0:
-                order = torch.argsort(_eval_all_losses(unit, data), stable=True)
+                order = torch.argsort(_eval_all_losses(unit, data), stable=True)  # hardness: no QDrop
             pool = curriculum_pool(order, curriculum_fraction(t, cfg.iters, cfg.lambda0), bs)
         else:
             pool = order
         idx = pool[torch.randperm(len(pool), generator=generator)[:bs]].tolist()
-        loss = sample_losses(unit, data, idx).mean()
+        for q in dropping:
+            q.drop_prob = cfg.qdrop_prob
+        try:
+            loss = sample_losses(unit, data, idx).mean()
+        finally:
+            for q in dropping:
+                q.drop_prob = 0.0
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

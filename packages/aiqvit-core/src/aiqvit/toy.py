@@ -106,6 +106,10 @@ class ToyAdapter(ModelAdapter):
     def layernorm_consumers(self, model: ToyViT):
         return [pair for b in model.blocks for pair in ((b.norm1, [b.attn.qkv]), (b.norm2, [b.fc1]))]
 
+    def key_projections(self, model: ToyViT):
+        dim = model.blocks[0].attn.proj.in_features
+        return [(b.attn.qkv, slice(dim, 2 * dim)) for b in model.blocks]
+
 
 def make_outlier_toy(seed: int = 0, **kwargs) -> ToyViT:
     """A ToyViT with ViT-like activation statistics: LayerNorm gains with a few large channels

@@ -16,6 +16,7 @@ What the adapter tells the core:
   reconstructed in both scopes; layers outside them are calibrated (min-max/percentile/MSE init).
 * post-LayerNorm pairs: ``norm1 -> qkv`` and ``norm2 -> FFN fc1`` of each block and
   ``norm -> reduction`` of each patch merging.
+* key projections (key centering): the key third of every window attention's ``qkv``.
 * run: one mmdet data batch (``dict(inputs=..., data_samples=...)`` from the dataloader, or the
   data preprocessor's output). ``"backbone"`` calls ``model.extract_feat``; ``"full"`` calls
   ``model.predict`` so that the neck and heads see data too.
@@ -218,6 +219,16 @@ class SwinDetectorAdapter(ModelAdapter):
             elif isinstance(m, PatchMerging) and m.norm is not None:
                 pairs.append((m.norm, [m.reduction]))
         return pairs
+
+    def key_projections(self, model: nn.Module) -> list[tuple[nn.Linear, slice]]:
+        """The key third of every window attention's ``qkv`` (laid out ``(3, heads, head_dim)``); its
+        relative position bias and shift mask are added to the logits, so key centering stays exact."""
+        out = []
+        for m in swin_backbone(model).modules():
+            if isinstance(m, (WindowMSA, QuantWindowMSA)) and isinstance(m.qkv, nn.Linear):
+                dim = m.qkv.out_features // 3
+                out.append((m.qkv, slice(dim, 2 * dim)))
+        return out
 
     def run(self, model: nn.Module, batch: Any) -> Any:
         if not isinstance(batch, dict) or "inputs" not in batch:

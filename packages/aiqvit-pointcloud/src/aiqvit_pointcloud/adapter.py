@@ -61,7 +61,7 @@ class QuantizedPointTransformerLayer(PointTransformerLayer):
         return self.quantizers.key(k)
 
     def quant_probs(self, p):
-        return self.quantizers.probs(p)
+        return self.quantizers.probs(p, dim=2)  # Softmax over the k neighbours: (B, N, k, C/s)
 
     def quant_value(self, v):
         return self.quantizers.value(v)

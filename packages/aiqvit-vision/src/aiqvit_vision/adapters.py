@@ -19,6 +19,11 @@ linears, so a norm may be listed only if nothing else reads its output):
   multiple of its window (and the patch embedding enforces the image size), because otherwise timm pads
   the *normalized* map with zeros before ``qkv`` and those zeros would not follow the folded affine;
 * ``PatchMerging``: ``norm -> [reduction]`` (its padding happens before the norm).
+
+Key projections (key centering, ``aiqvit.centering``): the key third of every ``qkv`` whose keys go
+straight into ``q @ k^T`` and the Softmax (timm ``Attention`` without ``k_norm``; Swin
+``WindowAttention``, whose relative position bias and shift mask are added to the logits and so do
+not break the invariance).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ def _mlp_inputs(mlp: nn.Module) -> list[nn.Module]:
     if isinstance(mlp, (Mlp, GluMlp)) and isinstance(mlp.fc1, nn.Linear):
         return [mlp.fc1]
     return []
+
+
+def _key_third(qkv: nn.Module) -> tuple[nn.Linear, slice] | None:
+    """The key channels of a fused ``qkv`` Linear laid out as ``(3, heads, head_dim)``."""
+    if not isinstance(qkv, nn.Linear) or qkv.out_features % 3:
+        return None
+    third = qkv.out_features // 3
+    return qkv, slice(third, 2 * third)
 
 
 def _pre_norm_pairs(norm1, attn_inputs, norm2, mlp) -> list[tuple[nn.Module, list[nn.Module]]]:
@@ -81,6 +94,17 @@ class ViTAdapter(ModelAdapter):
             attn_inputs = [block.attn.qkv] + ([block.attn.gate] if block.attn.gate is not None else [])
             pairs += _pre_norm_pairs(block.norm1, attn_inputs, block.norm2, block.mlp)
         return pairs
+
+    def key_projections(self, model: nn.Module):
+        out = []
+        for block in model.blocks:
+            attn = block.attn
+            # a norm on k (qk_norm) would undo the shift; the QuantAttention forward reads keys only in q @ k^T
+            if isinstance(attn, Attention) and isinstance(attn.k_norm, nn.Identity):
+                key = _key_third(attn.qkv)
+                if key is not None and key[1].stop - key[1].start == attn.attn_dim:
+                    out.append(key)
+        return out
 
 
 def _swin_norm1_foldable(model: SwinTransformer, block: SwinTransformerBlock) -> bool:
@@ -122,3 +146,7 @@ class SwinAdapter(ModelAdapter):
             elif isinstance(module, PatchMerging) and _foldable(module.norm):
                 pairs.append((module.norm, [module.reduction]))
         return pairs
+
+    def key_projections(self, model: nn.Module):
+        keys = [_key_third(m.qkv) for m in model.modules() if isinstance(m, WindowAttention)]
+        return [k for k in keys if k is not None]

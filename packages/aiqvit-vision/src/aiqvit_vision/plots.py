@@ -22,8 +22,13 @@ from aiqvit.io_utils import atomic_path  # noqa: E402
 DETAILS_FILE = "vision_details.json"
 
 
-def softmax_histograms(model, batches, adapter_run, bins: int = 100) -> dict:
-    """Per attention module: histogram on [0, 1] of the post-Softmax values of the float model on ``batches``.
+HIST_LOG10_MIN = -6.0  # post-Softmax histograms: log10-spaced bins on [1e-6, 1]; smaller values join the first
+
+
+def softmax_histograms(model, batches, adapter_run, bins: int = 96) -> dict:
+    """Per attention module: histogram of the post-Softmax values of the float model on ``batches``,
+    in ``bins`` log10-spaced bins on [1e-6, 1] (most of the mass, and DFQ's log-spaced levels, sit far
+    below 0.1, where linear bins would see one spike).
 
     Hooks the ``probs`` quantizer call of the wrapped attentions (which are identities with quantization off).
     """
@@ -33,8 +38,8 @@ def softmax_histograms(model, batches, adapter_run, bins: int = 100) -> dict:
     for name, module in model.named_modules():
         if isinstance(module, AttentionQuantizers):
             def hook(_m, args, _out, name=name):
-                x = args[0].detach().float().flatten().clamp(0, 1)
-                counts = torch.histc(x, bins=bins, min=0.0, max=1.0)
+                x = args[0].detach().float().flatten().clamp(10 ** HIST_LOG10_MIN, 1).log10()
+                counts = torch.histc(x, bins=bins, min=HIST_LOG10_MIN, max=0.0)
                 hists[name] = hists.get(name, torch.zeros(bins)) + counts
             handles.append(module.probs_quantizer.register_forward_hook(hook))
     try:
@@ -77,7 +82,18 @@ def plot_accuracy_vs_bits(records: list[dict], out_dir: Path) -> list[Path]:
     return written
 
 
-def plot_softmax_histograms(task: str, hists: dict, intervals: dict, out_dir: Path, setting: str) -> Path | None:
+def dfq_levels(b1: float, b2: float, bits: int, spacing: str) -> list[float]:
+    """The dequantized values of DFQ's in-interval codes (``top="b2"``)."""
+    from aiqvit.primitives import dfq_dequantize
+
+    codes = torch.arange(1, 2**bits)
+    return dfq_dequantize(codes, torch.tensor(b1), torch.tensor(b2), bits, "b2", spacing).tolist()
+
+
+def plot_softmax_histograms(task: str, hists: dict, intervals: dict, out_dir: Path, setting: str,
+                            bits: int | None = None, spacing: str = "uniform") -> Path | None:
+    """Log-binned post-Softmax histograms per block, the learned DFQ interval shaded and, when ``bits``
+    is given, its quantization levels as ticks."""
     if not hists:
         return None
     names = list(hists)
@@ -86,18 +102,24 @@ def plot_softmax_histograms(task: str, hists: dict, intervals: dict, out_dir: Pa
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
         counts = hists[name]
-        edges = [i / len(counts) for i in range(len(counts) + 1)]
+        edges = [10 ** (HIST_LOG10_MIN * (1 - i / len(counts))) for i in range(len(counts) + 1)]
         ax.stairs([max(c, 0.5) for c in counts], edges, fill=True, alpha=0.6)
+        ax.set_xscale("log")
         ax.set_yscale("log")
         if name in intervals:
             b1, b2 = intervals[name]
-            ax.axvspan(b1, b2, color="tab:red", alpha=0.25, label=f"DFQ [{b1:.3f}, {b2:.3f}]")
+            ax.axvspan(max(b1, edges[0]), b2, color="tab:red", alpha=0.2, label=f"DFQ [{b1:.2g}, {b2:.2g}]")
+            if bits:
+                for level in dfq_levels(b1, b2, bits, spacing):
+                    ax.axvline(max(level, edges[0]), color="tab:red", linewidth=0.5, alpha=0.8)
             ax.legend(fontsize=6)
         ax.set_title(name.replace(".attn.quantizers", ""), fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle(f"{task}: post-Softmax values (FP model) and learned DFQ interval, {setting}", fontsize=10, y=1.02)
+    levels = f", {spacing} levels" if bits else ""
+    fig.suptitle(f"{task}: post-Softmax values (FP model) and learned DFQ interval{levels}, {setting}", fontsize=10,
+                 y=1.02)
     return _save(fig, out_dir / f"vision_{task}_softmax_dfq_{setting}.png")
 
 
@@ -125,7 +147,7 @@ def plots_from_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     for task, entry in details.items():
         for setting, d in entry.get("settings", {}).items():
             for path in (plot_softmax_histograms(task, entry.get("softmax_hist", {}), d.get("dfq_intervals", {}),
-                                                 out_dir, setting),
+                                                 out_dir, setting, d.get("bits"), d.get("dfq_spacing", "uniform")),
                          plot_ranks(task, d.get("ranks", {}), out_dir, setting)):
                 if path is not None:
                     written.append(path)
