@@ -251,6 +251,14 @@ def run_task(task: str, opts: dict) -> dict:
             "softmax": softmax, "cpu_seconds": cpu_seconds(), "checkpoint": str(ckpt)}
 
 
+def _subset(args) -> str:
+    """What a partial run covered, so its time is not read as the whole benchmark's."""
+    parts = [f"{name} {' '.join(map(str, chosen))}" for name, chosen, full in
+             (("tasks", args.tasks, ("cls", "partseg")), ("methods", args.methods, METHODS), ("bits", args.bits, BITS))
+             if tuple(chosen) != tuple(full)]
+    return f"; only {', '.join(parts)} (FP included)" if parts else ""
+
+
 def protocol(args, last_run: str) -> dict:
     cmd = "python benchmarks/pointcloud/run.py" + (" --smoke" if args.smoke else "") + \
         ("" if args.recipe == "default" or args.smoke else f" --recipe {args.recipe}")
@@ -323,7 +331,7 @@ def main(argv=None) -> int:
     elapsed = time.time() - start
     cpu_total = sum(r["cpu_seconds"] for r in results)
     meta = protocol(args, f"{elapsed / 60:.1f} min wall, {cpu_total / 60:.1f} min CPU, {args.jobs} job(s) x "
-                          f"{args.threads} thread(s), git {git_commit(ROOT)}")
+                          f"{args.threads} thread(s), git {git_commit(ROOT)}" + _subset(args))
     md_path = args.results_dir / "pointcloud.md"
     text = markdown(records, meta)
     write_text_atomic(md_path, text)

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from conftest import skip_without_labelme
 
 pytestmark = pytest.mark.mmdet
 
@@ -140,7 +141,7 @@ def test_real_photos_load_and_evaluate(mini_checkpoint):
     try:
         root = cached_labelme_root()
     except DatasetError as exc:
-        pytest.skip(f"labelme sdist unavailable: {exc}")
+        skip_without_labelme(exc)
     config, ckpt = mini_checkpoint
     cfg, model = load_detector(config, ckpt)
     val = build_dataset(cfg, root, "val", classes=LABELME_CLASSES)

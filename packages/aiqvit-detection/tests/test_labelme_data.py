@@ -1,6 +1,7 @@
 """Real photos: the 3 PASCAL VOC images of labelme's sdist (data only), loaded and evaluated."""
 
 import pytest
+from conftest import skip_without_labelme
 from PIL import Image
 from pycocotools.coco import COCO
 
@@ -14,7 +15,7 @@ def labelme_root(tmp_path_factory):
     try:
         sdist = labelme_sdist()
     except DatasetError as exc:  # offline and not cached: nothing to test against
-        pytest.skip(f"labelme sdist unavailable: {exc}")
+        skip_without_labelme(exc)
     return extract_labelme_coco(tmp_path_factory.mktemp("labelme") / "coco", sdist)
 
 
