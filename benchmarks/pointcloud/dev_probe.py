@@ -11,7 +11,6 @@ benchmark's test split is never read. Calibration is the benchmark's (512 train 
 from __future__ import annotations
 
 import argparse
-import ast
 import sys
 import time
 from pathlib import Path
@@ -21,17 +20,10 @@ import torch
 
 from aiqvit_pointcloud import PointTransformerAdapter, calibration_batches, evaluate
 from aiqvit_pointcloud.data.synthetic import load_synthetic
-from aiqvit_pointcloud.recipes import RECIPES, quant_config
+from aiqvit_pointcloud.recipes import RECIPES, parse_overrides, quant_config
 
 sys.path.insert(0, str(Path(__file__).parent))
 from run import TASK_METRICS, fp_model  # noqa: E402
-
-
-def _value(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare string such as uniform
 
 
 def main(argv=None) -> int:
@@ -52,19 +44,14 @@ def main(argv=None) -> int:
         p.error("--dev-seed 0 regenerates the objects the float models were trained on")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    overrides = {}
-    for item in args.set:
-        key, sep, text = item.partition("=")
-        if not sep:
-            p.error(f"--set expects KEY=VALUE, got {item!r}")
-        overrides[key] = _value(text)
+    overrides = parse_overrides(args.set)
 
     model, _ = fp_model(args.task)
     n = model.config.num_points
-    train_set = load_synthetic("train", n, train=False)
     dev_set = load_synthetic("train", n, size=args.dev_size, seed=args.dev_seed, train=False)
     t0 = time.time()
     if args.method != "fp":
+        train_set = load_synthetic("train", n, train=False)
         batches = calibration_batches(train_set, args.task, args.calib_size, batch_size=32, seed=args.seed)
         config = quant_config(args.method, args.bits, args.bits, args.recipe, args.seed, **overrides)
         aiqvit.quantize(model, batches, config, adapter=PointTransformerAdapter(), progress_bar=False)

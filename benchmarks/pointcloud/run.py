@@ -254,7 +254,7 @@ def run_task(task: str, opts: dict) -> dict:
 def _subset(args) -> str:
     """What a partial run covered, so its time is not read as the whole benchmark's."""
     parts = [f"{name} {' '.join(map(str, chosen))}" for name, chosen, full in
-             (("tasks", args.tasks, ("cls", "partseg")), ("methods", args.methods, METHODS), ("bits", args.bits, BITS))
+             (("tasks", args.tasks, tuple(TASK_METRICS)), ("methods", args.methods, METHODS), ("bits", args.bits, BITS))
              if tuple(chosen) != tuple(full)]
     return f"; only {', '.join(parts)} (FP included)" if parts else ""
 

@@ -41,15 +41,14 @@ def labelme_sdist(download: bool = True) -> Path:
     if not download:
         raise DatasetError(f"{SDIST_NAME} is not in {target_dir}; set AIQVIT_LABELME_SDIST or allow the download")
     target_dir.mkdir(parents=True, exist_ok=True)
-    # pip saves the file only after preparing the sdist's metadata, which needs labelme's build
-    # backend (hatchling): in an isolated build environment unless the current one already has it
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+    # pip prepares the sdist's metadata, which needs labelme's build backend (hatchling): in an
+    # isolated build environment unless this one already has it
+    isolation = ["--no-build-isolation"] if importlib.util.find_spec("hatchling") is not None else []
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", *isolation,
            f"labelme=={LABELME_VERSION}", "-d", str(target_dir)]
-    if importlib.util.find_spec("hatchling") is not None:
-        cmd.insert(-3, "--no-build-isolation")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not target.is_file():
-        # pip may fail to *prepare* the sdist (it needs hatchling) after it has saved the file
+        # a failure after the file was saved still leaves a usable sdist
         if target.is_file():
             return target
         raise DatasetError(f"could not download {SDIST_NAME} with pip: {proc.stderr.strip()[-500:]}")
