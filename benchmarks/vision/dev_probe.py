@@ -65,7 +65,9 @@ def main() -> None:
     calib = args.calib_images or recipe.calib_images
     print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} calib={calib} seed={args.seed} {args.set}: "
           f"dev top-1 {q_acc:.2f} "
-          f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}", flush=True)
+          f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}"
+          + (f", network loss {report.network_loss[0]:.3f} -> {report.network_loss[1]:.3f}" if report.network_loss else ""),
+          flush=True)
 
 
 if __name__ == "__main__":

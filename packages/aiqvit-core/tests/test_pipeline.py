@@ -294,3 +294,27 @@ def test_qdrop_reconstruction_is_seeded_and_resets(calib_batches, test_inputs):
 def test_qdrop_probability_out_of_range():
     with pytest.raises(aiqvit.AIQViTError, match="qdrop_prob"):
         QuantConfig(reconstruction=dict(qdrop_prob=1.0))
+
+
+def test_network_stage_lowers_last_unit_error_and_is_seeded(calib_batches, test_inputs):
+    outs, reports = [], []
+    for _ in range(2):
+        model = make_outlier_toy(seed=0)
+        cfg = fast_config("aiqvit", reconstruction=dict(network_iters=30, network_lr_scale=0.5))
+        reports.append(aiqvit.quantize(model, calib_batches, cfg, progress_bar=False))
+        assert not any(p.requires_grad for p in model.parameters())
+        with torch.no_grad():
+            outs.append(model(test_inputs))
+    before, after = reports[0].network_loss
+    assert after < before
+    assert reports[0].network_loss == reports[1].network_loss
+    assert torch.equal(outs[0], outs[1])
+    off = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, fast_config("aiqvit"), progress_bar=False)
+    assert off.network_loss is None
+
+
+def test_network_stage_settings_are_checked():
+    with pytest.raises(aiqvit.AIQViTError, match="network_iters"):
+        QuantConfig(reconstruction=dict(network_iters=-1))
+    with pytest.raises(aiqvit.AIQViTError, match="network_lr_scale"):
+        QuantConfig(reconstruction=dict(network_batch_size=0))

@@ -19,6 +19,7 @@ from .calibration import calibration_mode, quantization_disabled
 from .centering import center_attention_keys
 from .config import QuantConfig
 from .errors import AdapterError, CalibrationDataError, CheckpointError
+from .gptq import gptq_unit
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
 from .modules import QuantLinear
@@ -31,6 +32,7 @@ from .reconstruction import (
     attention_quantizer_modules,
     build_unit_data,
     capture_unit_io,
+    reconstruct_network,
     reconstruct_unit,
     search_unit_ranks,
 )
@@ -49,6 +51,7 @@ class QuantizationReport:
     dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     reparam_strengths: dict[str, float] = field(default_factory=dict)
     centered_keys: int = 0  # attentions whose keys were centered (config.center_keys)
+    network_loss: tuple[float, float] | None = None  # before/after reconstruction.network_iters
     resumed_units: list[str] = field(default_factory=list)
 
 
@@ -227,6 +230,8 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
             report.unit_losses.update({k: tuple(v) for k, v in saved.get("unit_losses", {}).items()})
             report.resumed_units = list(done)
         _reconstruct_units(model, batches, config, report, done, ckpt, progress_bar, on_unit_done)
+        if config.reconstruction.network_iters > 0:
+            report.network_loss = _reconstruct_network(model, batches, config, progress_bar)
 
     if config.reparam == "after":
         report.reparam_strengths = apply_reparameterization(model)
@@ -235,6 +240,18 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     report.dfq_intervals = dfq_intervals(model)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _reconstruct_network(model, batches, config, show):
+    info = get_info(model)
+    rc = config.reconstruction
+    batches = batches[: rc.max_batches] if rc.max_batches else batches
+    units = [model.get_submodule(n) for n in info.unit_names]
+    with quantization_disabled(model):
+        records = capture_unit_io(model, info.adapter, units[-1], batches, with_output=True)
+    targets = [r[2] for r in records]
+    gen = _unit_generator(config.seed, len(units))
+    return reconstruct_network(model, info.adapter, units, batches, targets, rc, gen, config.learn_weight_scale, show)
 
 
 def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit_done):
@@ -254,6 +271,8 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         if rc.input_source == "quant":
             inputs = capture_unit_io(model, info.adapter, unit, batches, with_output=False, desc=f"{tag} q", show=False)
         data = build_unit_data(inputs, fp_io)
+        if config.weight_rounding == "gptq":
+            gptq_unit(unit, data, config.gptq_damp)
         if config.lowrank == "search":
             chosen = search_unit_ranks(unit, data, config.search, gen, desc=f"{tag} search", show=show)
         elif config.lowrank == "fixed":

@@ -18,6 +18,7 @@ from .reparam import DEFAULT_STRENGTH_GRID
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
 LOWRANK_MODES = ("off", "fixed", "search")
 REPARAM_MODES = ("off", "before", "after")
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
 # act_init="auto": percentile clipping at or below this many activation bits, min-max above
@@ -49,6 +50,12 @@ class ReconstructionConfig:
     # QDrop: while training, every activation element skips its quantizer with this probability
     # (0 = off, the paper; 0.5 = QDrop's default)
     qdrop_prob: float = 0.0
+    # after the units: this many iterations that train every unit's parameters together against the
+    # float output of the last unit (network-level distillation; ours, 0 = off, docs/METHOD-NOTES.md),
+    # at ``network_lr_scale`` x the unit learning rates, ``network_batch_size`` samples per step
+    network_iters: int = 0
+    network_lr_scale: float = 0.2
+    network_batch_size: int = 8
 
 
 @dataclass
@@ -94,6 +101,11 @@ class QuantConfig:
     # shift the (free) key bias of every attention so that its keys are centered per channel before
     # quantization (aiqvit.centering; ours, docs/METHOD-NOTES.md); needs the adapter's key_projections
     center_keys: bool = False
+    # how weights pick their levels: "nearest" (rounding to the nearest level, the paper) or "gptq"
+    # (Hessian-aware rounding on the same grid from each unit's calibration inputs, aiqvit.gptq; ours,
+    # docs/METHOD-NOTES.md), before the rank search and reconstruction of each unit
+    weight_rounding: str = "nearest"
+    gptq_damp: float = 0.01
     lowrank: str = "search"
     lowrank_rank: int = 20
     reconstruct: bool = True
@@ -125,6 +137,12 @@ class QuantConfig:
         _choice("reparam", self.reparam, REPARAM_MODES)
         _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
         _choice("lowrank", self.lowrank, LOWRANK_MODES)
+        _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
+        if self.weight_rounding == "gptq" and (not self.reconstruct or self.reparam == "after"):
+            raise AIQViTError("weight_rounding='gptq' runs per unit before reconstruction: it needs reconstruct=True "
+                              "and reparam 'before' or 'off' (a later fold would re-round the weights)")
+        if not self.gptq_damp > 0:
+            raise AIQViTError(f"gptq_damp must be > 0, got {self.gptq_damp}")
         self.reparam_strength_grid = tuple(float(a) for a in self.reparam_strength_grid)
         for a in (*self.reparam_strength_grid, *([] if self.reparam_strength == "search" else [self.reparam_strength])):
             if isinstance(a, str) or not 0.0 <= float(a) <= 1.0:
@@ -138,6 +156,10 @@ class QuantConfig:
             raise AIQViTError(f"reconstruction.max_batches must be >= 0 (0 = all batches), got {self.reconstruction.max_batches}")
         if not 0.0 <= self.reconstruction.qdrop_prob < 1.0:
             raise AIQViTError(f"reconstruction.qdrop_prob must lie in [0, 1), got {self.reconstruction.qdrop_prob}")
+        if self.reconstruction.network_iters < 0:
+            raise AIQViTError(f"reconstruction.network_iters must be >= 0, got {self.reconstruction.network_iters}")
+        if self.reconstruction.network_lr_scale <= 0 or self.reconstruction.network_batch_size < 1:
+            raise AIQViTError("reconstruction.network_lr_scale must be > 0 and network_batch_size >= 1")
         if not 0 < self.reconstruction.lambda0 <= 1:
             raise AIQViTError(f"reconstruction.lambda0 must lie in (0, 1], got {self.reconstruction.lambda0}")
         if self.lowrank_rank < 1:

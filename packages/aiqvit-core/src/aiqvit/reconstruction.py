@@ -332,3 +332,74 @@ def attention_quantizer_modules(model: nn.Module) -> list[tuple[str, AttentionQu
 
 
 UnitCallback = Callable[[str, int], Any]
+
+
+def _sub_batch(batch, target: torch.Tensor, idx: torch.Tensor):
+    """Rows ``idx`` of a tensor batch and its target (other batch types are used whole)."""
+    if isinstance(batch, torch.Tensor) and batch.ndim > 0 and batch.shape[0] == target.shape[0]:
+        return batch[idx], target[idx]
+    return batch, target
+
+
+def _last_unit_output(model: nn.Module, adapter: ModelAdapter, unit: nn.Module, batch) -> torch.Tensor:
+    """``unit``'s output on ``batch``, with gradients; the rest of the forward is skipped."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module, args, output):
+        captured.append(first_tensor(output))
+        raise _StopForward
+
+    handle = unit.register_forward_hook(hook)
+    try:
+        adapter.run(model, batch)
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise AdapterError(f"unit {type(unit).__name__} was not called exactly once by adapter.run")
+    return captured[0]
+
+
+def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.Module], batches: list,
+                        targets: list[torch.Tensor], cfg: ReconstructionConfig, generator: torch.Generator,
+                        learn_weight_scale: bool = True, show: bool = False) -> tuple[float, float]:
+    """Train the parameters of every unit together for ``cfg.network_iters`` steps against the float
+    output of the last unit (``targets``, one per batch). Tensor batches are sub-sampled to
+    ``cfg.network_batch_size`` rows per step. Returns the mean per-sample loss before and after."""
+    last = units[-1]
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            losses = [(_last_unit_output(model, adapter, last, b) - y).reshape(y.shape[0], -1).norm(dim=1)
+                      for b, y in zip(batches, targets)]
+        return float(torch.cat(losses).mean())
+
+    for unit in units:
+        unit.eval()
+    before = mean_loss()
+    groups = [dict(g, lr=g["lr"] * cfg.network_lr_scale)
+              for unit in units for g in _param_groups(unit, cfg, learn_weight_scale)]
+    if not groups or cfg.network_iters <= 0:
+        return before, before
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for g in groups:
+        for p in g["params"]:
+            p.requires_grad_(True)
+    opt = torch.optim.Adam(groups)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.network_iters)
+    for _ in progress(range(cfg.network_iters), desc="network", total=cfg.network_iters, enabled=show):
+        b = int(torch.randint(len(batches), (1,), generator=generator))
+        y = targets[b]
+        rows = torch.randperm(y.shape[0], generator=generator)[: cfg.network_batch_size]
+        batch, y = _sub_batch(batches[b], y, rows)
+        out = _last_unit_output(model, adapter, last, batch)
+        loss = (out - y).reshape(y.shape[0], -1).norm(dim=1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return before, mean_loss()
