@@ -29,28 +29,40 @@ def predictions(model, dataset) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(preds), torch.cat(labels)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def probe_parser(description: str, dev_size: int) -> argparse.ArgumentParser:
+    """The options every dev probe shares (task, method, bits, recipe, held-out size, seed, overrides)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="vit_s14_fmnist")
     p.add_argument("--method", default="aiqvit")
     p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
     p.add_argument("--recipe", default="fast")
-    p.add_argument("--dev-size", type=int, default=1000)
-    p.add_argument("--calib-images", type=int, default=None, help="calibration images (default: the recipe's)")
+    p.add_argument("--dev-size", type=int, default=dev_size)
     p.add_argument("--seed", type=int, default=0, help="the config's seed (calibration images stay the same)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
+    return p
+
+
+def held_out_setup(args):
+    """``(train, dev, float model, its dev predictions, dev labels)``; ``dev`` is the tail of the seeded
+    permutation that draws calibration images and the head's training subset."""
     if args.threads:
         torch.set_num_threads(args.threads)
     task = tasks.get_task(args.task)
     train = task.dataset("train")
-    # the tail of the seeded permutation that draws calibration images and the head's training subset
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     dev = Subset(train, sorted(perm[-args.dev_size:].tolist()))
     model = task.build()
     fp_pred, labels = predictions(model, dev)
+    return train, dev, model, fp_pred, labels
+
+
+def main() -> None:
+    p = probe_parser(__doc__, dev_size=1000)
+    p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
+    p.add_argument("--calib-images", type=int, default=None, help="calibration images (default: the recipe's)")
+    args = p.parse_args()
+    train, dev, model, fp_pred, labels = held_out_setup(args)
     recipe = get_recipe(args.recipe)
     a_bits = args.a_bits or args.bits
     config = build_config(args.method, args.bits, a_bits, recipe, args.seed, parse_overrides(args.set))

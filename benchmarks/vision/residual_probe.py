@@ -8,16 +8,13 @@ are not switched off here; ``dev_probe.py --a-bits 8`` measures them.)
 
 from __future__ import annotations
 
-import argparse
 import time
 
-import torch
-from dev_probe import predictions
-from torch.utils.data import Subset
+from dev_probe import held_out_setup, predictions, probe_parser
 
 from aiqvit.modules import AttentionQuantizers
 from aiqvit.quantizers import Quantizer
-from aiqvit_vision import pipeline, tasks
+from aiqvit_vision import pipeline
 from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 
@@ -41,25 +38,10 @@ def activation_groups(model) -> dict[str, list[Quantizer]]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="vit_s14_fmnist")
-    p.add_argument("--method", default="aiqvit")
-    p.add_argument("--bits", type=int, default=4)
-    p.add_argument("--recipe", default="fast")
-    p.add_argument("--dev-size", type=int, default=500)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = tasks.get_task(args.task)
-    train = task.dataset("train")
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    dev = Subset(train, sorted(perm[-args.dev_size:].tolist()))
-    model = task.build()
-    fp_pred, labels = predictions(model, dev)
+    args = probe_parser(__doc__, dev_size=500).parse_args()
+    train, dev, model, fp_pred, labels = held_out_setup(args)
     recipe = get_recipe(args.recipe)
-    config = build_config(args.method, args.bits, args.bits, recipe, 0, parse_overrides(args.set))
+    config = build_config(args.method, args.bits, args.bits, recipe, args.seed, parse_overrides(args.set))
     start = time.time()
     pipeline.quantize_model(model, train, config, recipe, progress=False)
     print(f"calibrated in {time.time() - start:.0f}s; FP {float((fp_pred == labels).float().mean() * 100):.2f}",

@@ -242,10 +242,15 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     return report
 
 
+def _reconstruction_batches(batches: list, rc) -> list:
+    """The calibration batches that reconstruction and the rank search use (``max_batches``, 0 = all)."""
+    return batches[: rc.max_batches] if rc.max_batches else batches
+
+
 def _reconstruct_network(model, batches, config, show):
     info = get_info(model)
     rc = config.reconstruction
-    batches = batches[: rc.max_batches] if rc.max_batches else batches
+    batches = _reconstruction_batches(batches, rc)
     units = [model.get_submodule(n) for n in info.unit_names]
     with quantization_disabled(model):
         records = capture_unit_io(model, info.adapter, units[-1], batches, with_output=True)
@@ -258,7 +263,7 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
     info = get_info(model)
     rc = config.reconstruction
     units = info.unit_names
-    batches = batches[: rc.max_batches] if rc.max_batches else batches
+    batches = _reconstruction_batches(batches, rc)
     for index, name in enumerate(units):
         if name in done:
             continue

@@ -15,6 +15,7 @@ import torch
 
 from .modules import QuantLinear
 from .quantizers import UniformQuantizer
+from .reconstruction import _eval_all_losses
 
 
 class InputGram:
@@ -80,13 +81,11 @@ def gptq_layers(layers: list[QuantLinear], grams: list[InputGram], damp: float =
 def gptq_unit(unit: torch.nn.Module, data, damp: float = 0.01) -> int:
     """GPTQ every ``QuantLinear`` of ``unit`` (without a low-rank branch yet) from one forward pass of the
     unit, as it is now, over ``data`` (an :class:`aiqvit.reconstruction.UnitData`). Returns the layer count."""
-    from .reconstruction import _eval_all_losses
-
     layers = [m for m in unit.modules() if isinstance(m, QuantLinear) and m.lowrank is None
               and not bool(m.weight_is_quantized)]
     grams = [InputGram(layer) for layer in layers]
     try:
-        _eval_all_losses(unit, data)
+        _eval_all_losses(unit, data)  # one no-grad pass over every sample feeds the Gram hooks
     finally:
         for g in grams:
             g.remove()

@@ -361,6 +361,11 @@ def _last_unit_output(model: nn.Module, adapter: ModelAdapter, unit: nn.Module, 
     return captured[0]
 
 
+def _row_errors(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-sample ``||out - target||_F`` along dim 0."""
+    return (out - target).reshape(target.shape[0], -1).norm(dim=1)
+
+
 def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.Module], batches: list,
                         targets: list[torch.Tensor], cfg: ReconstructionConfig, generator: torch.Generator,
                         learn_weight_scale: bool = True, show: bool = False) -> tuple[float, float]:
@@ -371,8 +376,7 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
 
     def mean_loss() -> float:
         with torch.no_grad():
-            losses = [(_last_unit_output(model, adapter, last, b) - y).reshape(y.shape[0], -1).norm(dim=1)
-                      for b, y in zip(batches, targets)]
+            losses = [_row_errors(_last_unit_output(model, adapter, last, b), y) for b, y in zip(batches, targets)]
         return float(torch.cat(losses).mean())
 
     for unit in units:
@@ -382,11 +386,7 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
               for unit in units for g in _param_groups(unit, cfg, learn_weight_scale)]
     if not groups or cfg.network_iters <= 0:
         return before, before
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for g in groups:
-        for p in g["params"]:
-            p.requires_grad_(True)
+    _set_trainable(model, groups)
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.network_iters)
     for _ in progress(range(cfg.network_iters), desc="network", total=cfg.network_iters, enabled=show):
@@ -395,7 +395,7 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
         rows = torch.randperm(y.shape[0], generator=generator)[: cfg.network_batch_size]
         batch, y = _sub_batch(batches[b], y, rows)
         out = _last_unit_output(model, adapter, last, batch)
-        loss = (out - y).reshape(y.shape[0], -1).norm(dim=1).mean()
+        loss = _row_errors(out, y).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
