@@ -37,6 +37,7 @@ from .reconstruction import (
     search_unit_ranks,
 )
 from .reparam import choose_strength, reparameterize_input, reparameterize_pair
+from .rotation import input_means, rotate_layer_input, rotation_targets
 from .safetensors_io import load_file, save_file
 
 
@@ -51,6 +52,7 @@ class QuantizationReport:
     dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     reparam_strengths: dict[str, float] = field(default_factory=dict)
     centered_keys: int = 0  # attentions whose keys were centered (config.center_keys)
+    rotated_inputs: int = 0  # Linear layers whose inputs were rotated (config.input_rotation)
     network_loss: tuple[float, float] | None = None  # before/after reconstruction.network_iters
     resumed_units: list[str] = field(default_factory=list)
 
@@ -99,6 +101,29 @@ def calibrate_activations(model: nn.Module, batches: list, show: bool = True) ->
     with torch.no_grad(), calibration_mode(model):
         for b in progress(batches, desc="calibrate", enabled=show):
             info.adapter.run(model, b)
+
+
+def apply_input_rotation(model: nn.Module, batches: list, show: bool = True) -> int:
+    """Centre and rotate the inputs of the Linear layers ``config.input_rotation`` names (aiqvit.rotation),
+    before activation calibration. A rotated consumer of a norm leaves its norm pair: its channel-wise
+    input, if any, is then reparameterized through its own input transform. Returns how many were rotated."""
+    info = get_info(model)
+    config = info.config
+    post_ln = {n for _, lins in info.layernorm_consumers for n in lins}
+    targets = rotation_targets(model, config.input_rotation, post_ln)
+    with quantization_disabled(model):
+        means = input_means(model, targets, lambda b: info.adapter.run(model, b), batches, show)
+    rotated = set()
+    for i, (name, layer) in enumerate(targets):
+        if name not in means:
+            continue  # not reached by the calibration data
+        rotate_layer_input(layer, means[name], seed=config.seed * 7919 + 20_000 + i)
+        if layer.input_quantizer.per_channel and config.reparam_strength == "search":
+            layer.input_quantizer.keep_rows = 2048
+        rotated.add(name)
+    info.layernorm_consumers = [(norm, kept) for norm, lins in info.layernorm_consumers
+                                if (kept := [n for n in lins if n not in rotated])]
+    return len(rotated)
 
 
 def apply_reparameterization(model: nn.Module) -> dict[str, float]:
@@ -209,6 +234,8 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     prepare(model, config, adapter)
     info = get_info(model)
 
+    if config.input_rotation != "off":
+        report.rotated_inputs = apply_input_rotation(model, batches, progress_bar)
     calibrate_activations(model, batches, progress_bar)
     if config.reparam == "before":
         report.reparam_strengths = apply_reparameterization(model)

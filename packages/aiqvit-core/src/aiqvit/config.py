@@ -14,6 +14,7 @@ from .lowrank import DEFAULT_CANDIDATE_RANKS
 from .primitives import DFQ_SPACINGS
 from .quantizers import INIT_METHODS, SOFTMAX_QUANTIZERS, DynamicFocusingQuantizer
 from .reparam import DEFAULT_STRENGTH_GRID
+from .rotation import ROTATION_SCOPES
 
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
 LOWRANK_MODES = ("off", "fixed", "search")
@@ -101,6 +102,10 @@ class QuantConfig:
     # shift the (free) key bias of every attention so that its keys are centered per channel before
     # quantization (aiqvit.centering; ours, docs/METHOD-NOTES.md); needs the adapter's key_projections
     center_keys: bool = False
+    # rotate Linear inputs by a randomized Hadamard matrix after centring them (aiqvit.rotation; ours,
+    # QuaRot-style, docs/METHOD-NOTES.md): "off", "all" Linear inputs, or those "not_post_ln" (not
+    # fed by a norm); before activation calibration, so ranges and reparameterization see rotated inputs
+    input_rotation: str = "off"
     # how weights pick their levels: "nearest" (rounding to the nearest level, the paper) or "gptq"
     # (Hessian-aware rounding on the same grid from each unit's calibration inputs, aiqvit.gptq; ours,
     # docs/METHOD-NOTES.md), before the rank search and reconstruction of each unit
@@ -136,6 +141,7 @@ class QuantConfig:
         _choice("dfq_init", self.dfq_init, DynamicFocusingQuantizer.INIT_OBJECTIVES)
         _choice("reparam", self.reparam, REPARAM_MODES)
         _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
+        _choice("input_rotation", self.input_rotation, ROTATION_SCOPES)
         _choice("lowrank", self.lowrank, LOWRANK_MODES)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         if self.weight_rounding == "gptq" and (not self.reconstruct or self.reparam == "after"):

@@ -31,6 +31,8 @@ class _QuantLayer(nn.Module):
         # per-channel affine on the input, set by reparameterization of a non-norm producer
         self.register_buffer("input_scale", None)
         self.register_buffer("input_shift", None)
+        # orthogonal rotation (and centring) of the input, aiqvit.rotation; applied before input_scale
+        self.input_rotation: nn.Module | None = None
 
     def set_input_transform(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         self.input_scale = scale.clone()
@@ -63,6 +65,8 @@ class _QuantLayer(nn.Module):
         return self._op(x, self.lowrank.delta(), None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_rotation is not None:
+            x = self.input_rotation(x)
         if self.input_scale is not None:
             x = x * self.input_scale + self.input_shift
         if not self.quant_active and not bool(self.weight_is_quantized):

@@ -26,6 +26,7 @@ from .io_utils import atomic_path
 from .prepare import get_info, prepare, quant_layers
 from .primitives import pack_codes, unpack_codes
 from .quantizers import UniformQuantizer
+from .rotation import InputRotation
 from .safetensors_io import load_file, save_file
 
 FORMAT = "aiqvit-quantized"
@@ -154,12 +155,15 @@ def load_quantized(model: nn.Module, path: str | Path, adapter: ModelAdapter | N
 
 
 def _restore_layer_structure(model: nn.Module, state: dict) -> None:
-    """Reparameterization can give a layer a bias or an input transform it had not: recreate them."""
+    """Reparameterization and input rotation can give a layer a bias, an input transform or a rotation
+    it had not: recreate them."""
     for name, layer in quant_layers(model):
         if layer.bias is None and name + ".bias" in state:
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]), requires_grad=False)
         if layer.input_scale is None and name + ".input_scale" in state:
             layer.set_input_transform(state[name + ".input_scale"], state[name + ".input_shift"])
+        if layer.input_rotation is None and name + ".input_rotation.signs" in state:
+            layer.input_rotation = InputRotation(layer.in_features).to(layer.weight.device)
 
 
 def _uniform_quantizers(model):
