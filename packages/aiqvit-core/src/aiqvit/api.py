@@ -23,7 +23,7 @@ from .gptq import gptq_unit
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
 from .modules import QuantLinear
-from .prepare import get_info, prepare, quant_layers
+from .prepare import STRENGTH_SEARCH_ROWS, get_info, prepare, quant_layers
 from .progress import progress
 from .quantizers import DynamicFocusingQuantizer
 from .reconstruction import (
@@ -119,7 +119,7 @@ def apply_input_rotation(model: nn.Module, batches: list, show: bool = True) -> 
             continue  # not reached by the calibration data
         rotate_layer_input(layer, means[name], seed=config.seed * 7919 + 20_000 + i)
         if layer.input_quantizer.per_channel and config.reparam_strength == "search":
-            layer.input_quantizer.keep_rows = 2048
+            layer.input_quantizer.keep_rows = STRENGTH_SEARCH_ROWS
         rotated.add(name)
     info.layernorm_consumers = [(norm, kept) for norm, lins in info.layernorm_consumers
                                 if (kept := [n for n in lins if n not in rotated])]

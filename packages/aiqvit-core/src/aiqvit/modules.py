@@ -38,6 +38,13 @@ class _QuantLayer(nn.Module):
         self.input_scale = scale.clone()
         self.input_shift = shift.clone()
 
+    def add_to_bias(self, shift: torch.Tensor) -> None:
+        """``bias += shift`` (a zero bias is created first where the layer has none)."""
+        if self.bias is None:
+            self.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
+        else:
+            self.bias.data = self.bias.data + shift
+
     def init_weight_quantizer(self) -> None:
         self.weight_quantizer.calibrate_from(self.merged_weight().detach())
 

@@ -12,6 +12,9 @@ from .errors import AdapterError
 from .modules import AttentionQuantizers, QuantConv2d, QuantLinear, _QuantLayer
 from .quantizers import UniformQuantizer, make_softmax_quantizer
 
+# calibration rows an input quantizer keeps for the per-layer reparameterization strength search
+STRENGTH_SEARCH_ROWS = 2048
+
 
 @dataclass
 class PreparedInfo:
@@ -91,7 +94,7 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
                               init=config.resolved_act_init(), percentile=config.act_percentile,
                               learnable=config.reconstruct, seed=seed + 1)
         if name in strength_search_rows:
-            iq.keep_rows = 2048
+            iq.keep_rows = STRENGTH_SEARCH_ROWS
         if isinstance(layer, nn.Linear):
             q = QuantLinear(layer, wq, iq)
         elif isinstance(layer, nn.Conv2d):

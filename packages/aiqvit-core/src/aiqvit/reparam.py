@@ -70,11 +70,7 @@ def migration(layer: QuantLinear, strength: float = 1.0) -> _Migration:
 @torch.no_grad()
 def _fold_into_consumer(layer: QuantLinear, mig: _Migration, reinit_weights: bool) -> None:
     layer.fold_lowrank()
-    shift = layer.weight.data @ mig.m
-    if layer.bias is None:
-        layer.bias = nn.Parameter(shift, requires_grad=False)
-    else:
-        layer.bias.data = layer.bias.data + shift
+    layer.add_to_bias(layer.weight.data @ mig.m)
     layer.weight.data = layer.weight.data * mig.r
     q = layer.input_quantizer
     q.per_channel = False

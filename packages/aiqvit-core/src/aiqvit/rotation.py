@@ -143,11 +143,7 @@ def rotate_layer_input(layer: QuantLinear, center: torch.Tensor | None, seed: in
     rotation = InputRotation(layer.in_features, seed).to(layer.weight.device)
     if center is not None:
         rotation.center.copy_(center.to(rotation.center))
-        shift = layer.weight.data @ rotation.center
-        if layer.bias is None:
-            layer.bias = nn.Parameter(shift, requires_grad=False)
-        else:
-            layer.bias.data = layer.bias.data + shift
+        layer.add_to_bias(layer.weight.data @ rotation.center)
     layer.weight.data = rotation.rotate(layer.weight.data)
     layer.input_rotation = rotation
     layer.init_weight_quantizer()
