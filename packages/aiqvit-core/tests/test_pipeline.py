@@ -318,3 +318,51 @@ def test_network_stage_settings_are_checked():
         QuantConfig(reconstruction=dict(network_iters=-1))
     with pytest.raises(aiqvit.AIQViTError, match="network_lr_scale"):
         QuantConfig(reconstruction=dict(network_batch_size=0))
+
+
+def test_reconstruction_that_ends_worse_keeps_its_starting_point(calib_batches):
+    cfg = fast_config("aiqvit", lowrank="off", reconstruction=dict(lr_weight_scale=50.0, lr_act_scale=50.0,
+                                                                   lr_dfq=50.0, curriculum=False))
+    report = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, progress_bar=False)
+    assert all(after <= before for before, after in report.unit_losses.values())
+    no_training = fast_config("aiqvit", lowrank="off", reconstruction=dict(iters=0))
+    start = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, no_training, progress_bar=False)
+    restored = [n for n, (b, a) in report.unit_losses.items() if a == b]
+    assert restored, "the learning rates above were meant to make at least one unit worse"
+    for name in restored:
+        assert report.unit_losses[name][1] == pytest.approx(start.unit_losses[name][0], rel=1e-5)
+
+
+class _FirstTokenAdapter(ToyAdapter):
+    """The toy model's adapter, but its last block's reconstruction compares only token 0."""
+
+    calls = 0
+
+    def output_view(self, model, unit_name):
+        if unit_name != f"blocks.{len(model.blocks) - 1}":
+            return None
+
+        def first_token(y):
+            _FirstTokenAdapter.calls += 1
+            return y[:, :1]
+        return first_token
+
+
+def test_output_view_narrows_the_reconstruction_loss(calib_batches):
+    from aiqvit.reconstruction import build_unit_data, sample_losses
+
+    unit = nn.Identity()
+    inputs = [[(torch.randn(4, 3, 5),), {}, None]]
+    targets = [[(), {}, inputs[0][0][0].clone()]]
+    targets[0][2][:, 1:] += 1.0  # only rows the view drops differ
+    assert sample_losses(unit, build_unit_data(inputs, targets), [0, 1]).min() > 0
+    viewed = build_unit_data(inputs, targets, view=lambda y: y[:, :1])
+    assert torch.equal(sample_losses(unit, viewed, [0, 1, 2, 3]), torch.zeros(4))
+
+    cfg = fast_config("aiqvit")
+    full = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, progress_bar=False)
+    narrowed = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, adapter=_FirstTokenAdapter(),
+                               progress_bar=False)
+    assert _FirstTokenAdapter.calls > 0
+    assert narrowed.unit_losses["blocks.0"] == full.unit_losses["blocks.0"]
+    assert narrowed.unit_losses["blocks.1"][0] < full.unit_losses["blocks.1"][0]

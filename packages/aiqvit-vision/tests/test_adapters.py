@@ -99,7 +99,10 @@ def test_attention_operands_go_through_quantizers(build):
 def test_vit_units_and_layernorm_consumers():
     model = tiny_vit_layerscale()
     adapter = ViTAdapter()
-    assert [n for n, _ in adapter.units(model)] == ["blocks.0", "blocks.1"]
+    assert [n for n, _ in adapter.units(model)] == ["blocks.0", "blocks.1", "head"]
+    assert [n for n, _ in ViTAdapter(embed_unit=True, head_unit=False).units(model)] == \
+        ["patch_embed", "blocks.0", "blocks.1"]
+    assert [n for n, _ in adapter.units(tiny_deit_distilled())][-2:] == ["head", "head_dist"]
     pairs = adapter.layernorm_consumers(model)
     expected = [(b.norm1, [b.attn.qkv]) for b in model.blocks] + [(b.norm2, [b.mlp.fc1]) for b in model.blocks]
     assert sorted(map(lambda p: (id(p[0]), [id(c) for c in p[1]]), pairs)) == \
@@ -110,7 +113,8 @@ def test_swin_units_in_forward_order_and_merging_option():
     model = tiny_swin()
     names = [n for n, _ in SwinAdapter().units(model)]
     assert names == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1.downsample", "layers.1.blocks.0",
-                     "layers.1.blocks.1"]
+                     "layers.1.blocks.1", "head"]
+    assert SwinAdapter(embed_unit=True, head_unit=False).units(model)[0][0] == "patch_embed"
     assert "layers.1.downsample" not in [n for n, _ in SwinAdapter(merging_units=False).units(model)]
     pairs = SwinAdapter().layernorm_consumers(model)
     merging = model.layers[1].downsample
@@ -179,3 +183,29 @@ def test_key_centering_keeps_timm_outputs(build):
         torch.testing.assert_close(centered(x), ref, atol=1e-5, rtol=1e-5)
     _, ranges = key_ranges(centered, adapter, calib)
     assert all(float((lo + hi).abs().max()) < 1e-4 for lo, hi in ranges)
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_deit_distilled])
+def test_class_token_view_keeps_everything_the_head_reads(build):
+    """The logits do not change when the last block's rows outside its output view are overwritten."""
+    model = build()
+    last = f"blocks.{len(model.blocks) - 1}"
+    view = ViTAdapter().output_view(model, last)
+    assert ViTAdapter().output_view(model, "blocks.0") is None
+    assert ViTAdapter(class_token_view=False).output_view(model, last) is None
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = model(x)
+        kept = view(torch.zeros(2, 17, 48)).shape[1]
+
+        def scramble(module, args, output):
+            out = torch.randn_like(output) * 10
+            out[:, :kept] = output[:, :kept]
+            return out
+        handle = model.blocks[-1].register_forward_hook(scramble)
+        try:
+            assert torch.allclose(model(x), ref, atol=1e-6)
+        finally:
+            handle.remove()
+        model.global_pool = "avg"
+        assert ViTAdapter().output_view(model, last) is None

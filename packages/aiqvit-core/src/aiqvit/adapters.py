@@ -18,7 +18,9 @@ substrings. It answers five questions:
   reparameterization folds into both).
 * :meth:`~ModelAdapter.run`: how to call the model on one calibration batch.
 
-Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``).
+Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``);
+:meth:`~ModelAdapter.output_view` narrows a unit's reconstruction loss to the part of its output that
+the rest of the model reads.
 """
 
 from __future__ import annotations
@@ -62,6 +64,13 @@ class ModelAdapter:
         read only by ``q @ k^T`` followed by a Softmax over the keys (no norm or other use of ``k``):
         a per-channel shift of those keys leaves the attention unchanged (key centering). Default: none."""
         return []
+
+
+    def output_view(self, model: nn.Module, unit_name: str) -> Callable[[Any], Any] | None:
+        """A function of the unit's output that keeps only what the rest of the model reads from it (a ViT's
+        last block: the class token rows, when the head pools that token), or ``None`` (default: all of it).
+        Reconstruction compares the quantized and float outputs through it; it must keep the batch dimension."""
+        return None
 
 
 _REGISTRY: list[type[ModelAdapter]] = []

@@ -302,7 +302,7 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         inputs = fp_io
         if rc.input_source == "quant":
             inputs = capture_unit_io(model, info.adapter, unit, batches, with_output=False, desc=f"{tag} q", show=False)
-        data = build_unit_data(inputs, fp_io)
+        data = build_unit_data(inputs, fp_io, info.adapter.output_view(model, name))
         if config.weight_rounding == "gptq":
             gptq_unit(unit, data, config.gptq_damp)
         if config.lowrank == "search":

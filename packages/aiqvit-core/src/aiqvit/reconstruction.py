@@ -91,6 +91,7 @@ class UnitData:
     kwargs: list[dict]
     targets: list[torch.Tensor]
     stackable: bool
+    view: Callable[[torch.Tensor], torch.Tensor] | None = None  # ModelAdapter.output_view
 
     def __len__(self):
         return len(self.targets)
@@ -112,9 +113,10 @@ def _splittable(args, kwargs, target) -> bool:
     return n is not None and n > 1 and all(t.ndim > 0 and t.shape[0] == n for t in tensors) and bool(tensors)
 
 
-def build_unit_data(inputs: list[list], targets: list[list]) -> UnitData:
+def build_unit_data(inputs: list[list], targets: list[list],
+                    view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> UnitData:
     """Pair captured inputs with full-precision targets; split calls into samples where every
-    tensor argument and the output share the batch dimension."""
+    tensor argument and the output share the batch dimension. ``view``: compare outputs through it."""
     args, kwargs, outs = [], [], []
     for (a, k, _), (_, _, y) in zip(inputs, targets):
         if _splittable(a, k, y):
@@ -130,14 +132,18 @@ def build_unit_data(inputs: list[list], targets: list[list]) -> UnitData:
     shapes = {tuple(tuple(x.shape[1:]) for x in a if isinstance(x, torch.Tensor)) + (tuple(y.shape),)
               for a, y in zip(args, outs)}
     stackable = len(shapes) == 1 and all(y.shape[0] == 1 for y in outs)
-    return UnitData(args, kwargs, outs, stackable)
+    if view is not None:
+        outs = [view(y) for y in outs]
+    return UnitData(args, kwargs, outs, stackable, view)
 
 
 def sample_losses(unit: nn.Module, data: UnitData, idx: list[int]) -> torch.Tensor:
-    """Per-sample ``||B_q(x) - B_fp(x)||_F``."""
+    """Per-sample ``||B_q(x) - B_fp(x)||_F`` (of the unit's output view, if it has one)."""
     losses = []
     for args, kwargs, target in data.batch(idx):
         out = first_tensor(unit(*args, **kwargs))
+        if data.view is not None:
+            out = data.view(out)
         diff = (out - target).reshape(target.shape[0], -1) if data.stackable else (out - target).reshape(1, -1)
         losses.append(diff.norm(dim=1))
     return torch.cat(losses)
@@ -208,14 +214,16 @@ def _set_trainable(unit: nn.Module, groups: list[dict]) -> None:
 
 def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig, generator: torch.Generator,
                      learn_weight_scale: bool = True, desc: str = "", show: bool = False) -> tuple[float, float]:
-    """Optimize the unit's learnable quantization parameters against its full-precision outputs.
-    Returns the mean per-sample loss before and after."""
+    """Optimize the unit's learnable quantization parameters against its full-precision outputs; if that
+    ends above the starting loss, the starting parameters are restored. Returns the mean per-sample loss
+    before and after."""
     unit.eval()
     before = float(_eval_all_losses(unit, data).mean())
     groups = _param_groups(unit, cfg, learn_weight_scale)
     if not groups or cfg.iters <= 0:
         return before, before
     _set_trainable(unit, groups)
+    start = [p.detach().clone() for g in groups for p in g["params"]]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters)
     n = len(data)
@@ -245,6 +253,11 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
         for p in g["params"]:
             p.requires_grad_(False)
     after = float(_eval_all_losses(unit, data).mean())
+    if not after <= before:  # training made it worse (or NaN): keep the starting point
+        with torch.no_grad():
+            for p, p0 in zip((p for g in groups for p in g["params"]), start):
+                p.copy_(p0)
+        after = float(_eval_all_losses(unit, data).mean())
     return before, after
 
 

@@ -5,11 +5,15 @@ Importing :mod:`aiqvit_vision` registers both with the core (``aiqvit.find_adapt
 
 Reconstruction units:
 
-* ViT/DeiT/DINOv2: every transformer block (``blocks.i``).
-* Swin: every ``SwinTransformerBlock`` and, by default, every ``PatchMerging`` layer (their ``reduction``
+* ViT/DeiT/DINOv2: every transformer block (``blocks.i``), then the head (``head``, and DeiT's
+  ``head_dist``) against the float logits. When the head reads the class token alone (token pooling),
+  the last block is reconstructed on its class-token rows only (``output_view``): the other rows never
+  reach the output. ``ViTAdapter(head_unit=False, class_token_view=False)`` is the blocks-only setting.
+* Swin: every ``SwinTransformerBlock``, by default every ``PatchMerging`` layer (their ``reduction``
   Linear then gets the same reconstruction as the blocks; ``SwinAdapter(merging_units=False)`` leaves them
-  to the quantizer initialization alone). The patch embedding and the head are quantized and calibrated
-  by initialization only.
+  to the quantizer initialization alone), and the head (``head_unit``).
+* The patch embedding is calibrated by initialization only, unless ``embed_unit=True`` makes it the first
+  unit (measured on the ViT-S/14 at W3/A3: no gain, see docs/METHOD-NOTES.md).
 
 Post-LayerNorm consumers (scale reparameterization folds a per-channel scale into the norm and these
 linears, so a norm may be listed only if nothing else reads its output):
@@ -75,16 +79,33 @@ class ViTAdapter(ModelAdapter):
 
     name = "timm-vit"
 
+    def __init__(self, embed_unit: bool = False, head_unit: bool = True, class_token_view: bool = True):
+        self.embed_unit = embed_unit
+        self.head_unit = head_unit
+        self.class_token_view = class_token_view
+
     @classmethod
     def handles(cls, model: nn.Module) -> bool:
         return (isinstance(model, VisionTransformer) and len(model.blocks) > 0
                 and all(isinstance(getattr(b, "attn", None), Attention) for b in model.blocks))
 
     def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        return [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+        out = [("patch_embed", model.patch_embed)] if self.embed_unit else []
+        out += [(f"blocks.{i}", block) for i, block in enumerate(model.blocks)]
+        if self.head_unit:  # DeiT-distilled models have a second head; each reads its own token
+            out += [(n, getattr(model, n)) for n in ("head", "head_dist") if isinstance(getattr(model, n, None), nn.Linear)]
+        return out
 
     def attention_wrappers(self):
         return {Attention: QuantAttention.wrap}
+
+    def output_view(self, model: nn.Module, unit_name: str):
+        if not self.class_token_view:
+            return None
+        if unit_name != f"blocks.{len(model.blocks) - 1}" or not _reads_class_tokens_only(model):
+            return None
+        tokens = 2 if isinstance(getattr(model, "head_dist", None), nn.Module) else 1
+        return lambda y: y[:, :tokens]
 
     def layernorm_consumers(self, model: nn.Module):
         pairs = []
@@ -107,6 +128,13 @@ class ViTAdapter(ModelAdapter):
         return out
 
 
+def _reads_class_tokens_only(model: VisionTransformer) -> bool:
+    """The head reads the last block's class token(s) alone: token pooling, no attention pool, and a
+    per-token final norm (LayerNorm/RMSNorm act on each token separately)."""
+    return (getattr(model, "global_pool", None) == "token" and getattr(model, "cls_token", None) is not None
+            and getattr(model, "attn_pool", None) is None)
+
+
 def _swin_norm1_foldable(model: SwinTransformer, block: SwinTransformerBlock) -> bool:
     strict = getattr(model.patch_embed, "strict_img_size", False)
     h, w = block.input_resolution
@@ -120,18 +148,22 @@ class SwinAdapter(ModelAdapter):
 
     name = "timm-swin"
 
-    def __init__(self, merging_units: bool = True):
+    def __init__(self, merging_units: bool = True, embed_unit: bool = False, head_unit: bool = True):
         self.merging_units = merging_units
+        self.embed_unit = embed_unit
+        self.head_unit = head_unit
 
     @classmethod
     def handles(cls, model: nn.Module) -> bool:
         return isinstance(model, SwinTransformer)
 
     def units(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
-        out = []
+        out = [("patch_embed", model.patch_embed)] if self.embed_unit else []
         for name, module in model.named_modules():  # forward order: each stage merges first, then its blocks
             if isinstance(module, SwinTransformerBlock) or (self.merging_units and isinstance(module, PatchMerging)):
                 out.append((name, module))
+        if self.head_unit:
+            out.append(("head", model.head))
         return out
 
     def attention_wrappers(self):
