@@ -15,6 +15,7 @@ import time
 import torch
 from torch.utils.data import Subset
 
+import aiqvit
 from aiqvit_vision import pipeline, tasks
 from aiqvit_vision.data import loader
 from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
@@ -61,13 +62,22 @@ def main() -> None:
     p = probe_parser(__doc__, dev_size=1000)
     p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
     p.add_argument("--calib-images", type=int, default=None, help="calibration images (default: the recipe's)")
+    p.add_argument("--adapter", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the model family's adapter, e.g. head_unit=false, class_token_view=false, "
+                        "embed_unit=true")
     args = p.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
     recipe = get_recipe(args.recipe)
     a_bits = args.a_bits or args.bits
     config = build_config(args.method, args.bits, a_bits, recipe, args.seed, parse_overrides(args.set))
     start = time.time()
-    report, _ = pipeline.quantize_model(model, train, config, recipe, calib_images=args.calib_images, progress=False)
+    family = type(aiqvit.find_adapter(model))
+    try:
+        adapter = family(**parse_overrides(args.adapter))
+    except TypeError as e:
+        raise SystemExit(f"--adapter {args.adapter}: not an option of {family.__name__} ({e})") from e
+    report, _ = pipeline.quantize_model(model, train, config, recipe, calib_images=args.calib_images, progress=False,
+                                        adapter=adapter)
     seconds = time.time() - start
     q_pred, _ = predictions(model, dev)
     fp_acc = float((fp_pred == labels).float().mean() * 100)
@@ -75,7 +85,8 @@ def main() -> None:
     agree = float((q_pred == fp_pred).float().mean() * 100)
     strengths = sorted(set(report.reparam_strengths.values())) if report.reparam_strengths else []
     calib = args.calib_images or recipe.calib_images
-    print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} calib={calib} seed={args.seed} {args.set}: "
+    print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} calib={calib} seed={args.seed} {args.set}"
+          f"{' adapter ' + str(args.adapter) if args.adapter else ''}: "
           f"dev top-1 {q_acc:.2f} "
           f"(FP {fp_acc:.2f}), agreement {agree:.2f}%, calib {seconds:.0f}s, strengths {strengths}"
           + (f", network loss {report.network_loss[0]:.3f} -> {report.network_loss[1]:.3f}" if report.network_loss else ""),

@@ -65,7 +65,6 @@ class ModelAdapter:
         a per-channel shift of those keys leaves the attention unchanged (key centering). Default: none."""
         return []
 
-
     def output_view(self, model: nn.Module, unit_name: str) -> Callable[[Any], Any] | None:
         """A function of the unit's output that keeps only what the rest of the model reads from it (a ViT's
         last block: the class token rows, when the head pools that token), or ``None`` (default: all of it).

@@ -223,7 +223,8 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
     if not groups or cfg.iters <= 0:
         return before, before
     _set_trainable(unit, groups)
-    start = [p.detach().clone() for g in groups for p in g["params"]]
+    params = [p for g in groups for p in g["params"]]
+    start = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters)
     n = len(data)
@@ -249,13 +250,12 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
         loss.backward()
         opt.step()
         sched.step()
-    for g in groups:
-        for p in g["params"]:
-            p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(False)
     after = float(_eval_all_losses(unit, data).mean())
     if not after <= before:  # training made it worse (or NaN): keep the starting point
         with torch.no_grad():
-            for p, p0 in zip((p for g in groups for p in g["params"]), start):
+            for p, p0 in zip(params, start):
                 p.copy_(p0)
         after = float(_eval_all_losses(unit, data).mean())
     return before, after

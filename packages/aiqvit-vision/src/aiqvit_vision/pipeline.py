@@ -80,12 +80,13 @@ def build(spec: ModelSpec) -> tuple[nn.Module, torch.utils.data.Dataset, torch.u
 
 
 def quantize_model(model: nn.Module, train, config: aiqvit.QuantConfig, recipe: Recipe, seed: int = 0,
-                   calib_images: int | None = None, progress: bool = True, checkpoint_dir=None):
-    """Quantize ``model`` in place on ``calib_images`` seeded TRAIN images; returns (report, seconds)."""
+                   calib_images: int | None = None, progress: bool = True, checkpoint_dir=None, adapter=None):
+    """Quantize ``model`` in place on ``calib_images`` seeded TRAIN images; returns (report, seconds).
+    ``adapter``: default ``aiqvit.find_adapter(model)``."""
     batches = calibration_batches(train, calib_images or recipe.calib_images, recipe.calib_batch, seed)
     torch.manual_seed(seed)
     start = time.perf_counter()
-    report = aiqvit.quantize(model, batches, config, checkpoint_dir=checkpoint_dir, progress_bar=progress)
+    report = aiqvit.quantize(model, batches, config, adapter, checkpoint_dir=checkpoint_dir, progress_bar=progress)
     return report, time.perf_counter() - start
 
 
