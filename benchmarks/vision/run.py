@@ -41,12 +41,14 @@ ABLATIONS = {
     "aiqvit+curriculum=off": {"reconstruction": {"curriculum": False}},
     # our additions to the paper (aiqvit.AIQVIT_PAPER_SETTINGS), together and one at a time
     "aiqvit+paper-settings": {"channelwise_inputs": "post_ln", "reparam_strength": 1.0,
-                              "reconstruction": {"input_source": "fp"}, "dfq_spacing": "uniform", "act_init": "minmax"},
+                              "reconstruction": {"input_source": "fp"}, "dfq_spacing": "uniform", "act_init": "minmax",
+                              "attention_balance": "off"},
     "aiqvit+dfq_spacing=uniform": {"dfq_spacing": "uniform"},
     "aiqvit+act_init=minmax": {"act_init": "minmax"},
     "aiqvit+channelwise_inputs=post_ln": {"channelwise_inputs": "post_ln"},
     "aiqvit+reparam_strength=1": {"reparam_strength": 1.0},
     "aiqvit+input_source=fp": {"reconstruction": {"input_source": "fp"}},
+    "aiqvit+attention_balance=off": {"attention_balance": "off"},
 }
 
 

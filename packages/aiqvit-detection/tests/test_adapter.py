@@ -175,3 +175,22 @@ def test_key_centering_keeps_detector_outputs(detector):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
     _, ranges = key_ranges(model, adapter, [batch])
     assert all(float((lo + hi).abs().max()) < 1e-3 for lo, hi in ranges)
+
+
+def test_attention_balancing_keeps_detector_outputs(detector):
+    from mmdet_helpers import image_batch
+
+    from aiqvit.balancing import balance_attention
+    from aiqvit_detection.adapter import SwinDetectorAdapter
+
+    model = copy.deepcopy(detector)
+    adapter = SwinDetectorAdapter()
+    projections = adapter.attention_projections(model)
+    assert len(projections) == 8 and all(p.output is not None for p in projections)
+    batch = image_batch([(160, 160)])
+    ref = _feats(model, batch)
+    before = copy.deepcopy(model.state_dict())
+    assert balance_attention(model, adapter, [batch], "qkv") == 8
+    assert not all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    for a, b in zip(_feats(model, batch), ref):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)

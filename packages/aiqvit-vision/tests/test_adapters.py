@@ -185,6 +185,46 @@ def test_key_centering_keeps_timm_outputs(build):
     assert all(float((lo + hi).abs().max()) < 1e-4 for lo, hi in ranges)
 
 
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_deit_distilled, tiny_swin])
+@pytest.mark.parametrize("scope", ["qk", "qkv"])
+def test_attention_balancing_keeps_timm_outputs(build, scope):
+    from timm.layers.attention import Attention
+    from timm.models.swin_transformer import WindowAttention
+
+    from aiqvit.balancing import balance_attention
+
+    model = build()
+    adapter = aiqvit.find_adapter(model)
+    projections = adapter.attention_projections(model)
+    assert len(projections) == sum(isinstance(m, (Attention, WindowAttention)) for m in model.modules())
+    assert all(p.output is not None for p in projections)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # outlier query channels whose keys are small: the logits stay the same
+        for p in projections:
+            (qkv, q), (_, k) = p.query, p.key
+            qkv.weight[q.start:q.start + 2] *= 8
+            qkv.weight[k.start:k.start + 2] /= 8
+            qkv.bias[q.start:q.start + 2] *= 8
+            qkv.bias[k.start:k.start + 2] /= 8
+    x = torch.randn(3, 3, 32, 32, generator=g)
+    with torch.no_grad():
+        ref = model(x)
+    balanced = copy.deepcopy(model)
+    assert balance_attention(balanced, adapter, [torch.randn(4, 3, 32, 32, generator=g)], scope) == len(projections)
+    assert not all(torch.equal(a, b) for a, b in zip(balanced.state_dict().values(), model.state_dict().values()))
+    with torch.no_grad():
+        torch.testing.assert_close(balanced(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_attention_with_a_query_norm_is_not_balanced():
+    model = tiny_vit_layerscale()
+    model.blocks[0].attn.q_norm = torch.nn.LayerNorm(model.blocks[0].attn.head_dim)
+    model.blocks[1].attn.norm = torch.nn.LayerNorm(model.blocks[1].attn.attn_dim)
+    projections = ViTAdapter().attention_projections(model)
+    assert len(projections) == len(model.blocks) - 1
+    assert projections[0].query[0] is model.blocks[1].attn.qkv and projections[0].output is None
+
+
 @pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_deit_distilled])
 def test_class_token_view_keeps_everything_the_head_reads(build):
     """The logits do not change when the last block's rows outside its output view are overwritten."""

@@ -18,7 +18,8 @@ substrings. It answers five questions:
   reparameterization folds into both).
 * :meth:`~ModelAdapter.run`: how to call the model on one calibration batch.
 
-Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``);
+Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``),
+:meth:`~ModelAdapter.attention_projections` attention balancing (``aiqvit.balancing``);
 :meth:`~ModelAdapter.output_view` narrows a unit's reconstruction loss to the part of its output that
 the rest of the model reads.
 """
@@ -63,6 +64,11 @@ class ModelAdapter:
         """``(linear, channels)`` per attention whose keys are ``linear``'s output ``channels`` and are
         read only by ``q @ k^T`` followed by a Softmax over the keys (no norm or other use of ``k``):
         a per-channel shift of those keys leaves the attention unchanged (key centering). Default: none."""
+        return []
+
+    def attention_projections(self, model: nn.Module) -> list:
+        """One :class:`aiqvit.balancing.AttentionProjections` per attention whose query/key (and value/output)
+        channels may be rescaled without changing the model (attention balancing). Default: none."""
         return []
 
     def output_view(self, model: nn.Module, unit_name: str) -> Callable[[Any], Any] | None:

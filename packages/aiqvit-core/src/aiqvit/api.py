@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter, find_adapter
+from .balancing import balance_attention
 from .calibration import calibration_mode, quantization_disabled
 from .centering import center_attention_keys
 from .config import QuantConfig
@@ -52,6 +53,7 @@ class QuantizationReport:
     dfq_intervals: dict[str, tuple[float, float]] = field(default_factory=dict)
     reparam_strengths: dict[str, float] = field(default_factory=dict)
     centered_keys: int = 0  # attentions whose keys were centered (config.center_keys)
+    balanced_attentions: int = 0  # attentions rescaled by config.attention_balance
     rotated_inputs: int = 0  # Linear layers whose inputs were rotated (config.input_rotation)
     network_loss: tuple[float, float] | None = None  # before/after reconstruction.network_iters
     resumed_units: list[str] = field(default_factory=list)
@@ -231,6 +233,9 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     report = QuantizationReport(config.method, config.w_bits, config.a_bits)
     if config.center_keys:
         report.centered_keys = center_attention_keys(model, adapter, batches, progress_bar)
+    if config.attention_balance != "off":
+        report.balanced_attentions = balance_attention(model, adapter, batches, config.attention_balance,
+                                                       config.attention_balance_strength, progress_bar)
     prepare(model, config, adapter)
     info = get_info(model)
 

@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from .balancing import BALANCE_SCOPES
 from .errors import AIQViTError, check_bits
 from .lowrank import DEFAULT_CANDIDATE_RANKS
 from .primitives import DFQ_SPACINGS
@@ -102,6 +103,11 @@ class QuantConfig:
     # shift the (free) key bias of every attention so that its keys are centered per channel before
     # quantization (aiqvit.centering; ours, docs/METHOD-NOTES.md); needs the adapter's key_projections
     center_keys: bool = False
+    # rescale query/key channels ("qk"), and also value channels into the output projection ("qkv"),
+    # so that the per-tensor matmul quantizers see flatter channel ranges (aiqvit.balancing; ours,
+    # docs/METHOD-NOTES.md); exact on the float model; needs the adapter's attention_projections
+    attention_balance: str = "off"
+    attention_balance_strength: float = 0.5
     # rotate Linear inputs by a randomized Hadamard matrix after centring them (aiqvit.rotation; ours,
     # QuaRot-style, docs/METHOD-NOTES.md): "off", "all" Linear inputs, or those "not_post_ln" (not
     # fed by a norm); before activation calibration, so ranges and reparameterization see rotated inputs
@@ -142,6 +148,9 @@ class QuantConfig:
         _choice("reparam", self.reparam, REPARAM_MODES)
         _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
         _choice("input_rotation", self.input_rotation, ROTATION_SCOPES)
+        _choice("attention_balance", self.attention_balance, BALANCE_SCOPES)
+        if not 0.0 < self.attention_balance_strength <= 1.0:
+            raise AIQViTError(f"attention_balance_strength must lie in (0, 1], got {self.attention_balance_strength}")
         _choice("lowrank", self.lowrank, LOWRANK_MODES)
         _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS)
         if self.weight_rounding == "gptq" and (not self.reconstruct or self.reparam == "after"):
@@ -221,16 +230,19 @@ METHOD_PRESETS: dict[str, dict] = {
     "brecq": dict(weight_init="mse", act_init="minmax", softmax_quantizer="uniform", reparam="off",
                   lowrank="off", reconstruct=True, learn_weight_scale=True,
                   reconstruction=ReconstructionConfig(curriculum=False, input_source="quant")),
-    # AIQViT as specified, plus five settings of ours measured on the real ViT-S/14 (docs/METHOD-NOTES.md):
+    # AIQViT as specified, plus six settings of ours measured on the real ViT-S/14 (docs/METHOD-NOTES.md):
     # every Linear input reparameterized, the migration strength searched per layer, reconstruction
-    # from quantized-model inputs, log-spaced DFQ levels and bit-dependent activation range init.
-    # ``AIQVIT_PAPER_SETTINGS`` undoes them.
+    # from quantized-model inputs, log-spaced DFQ levels, bit-dependent activation range init and
+    # attention balancing. ``AIQVIT_PAPER_SETTINGS`` undoes them.
     "aiqvit": dict(weight_init="mse", act_init="auto", softmax_quantizer="dfq", dfq_spacing="log", reparam="before",
-                   channelwise_inputs="all", reparam_strength="search", lowrank="search", reconstruct=True,
-                   learn_weight_scale=True, reconstruction=ReconstructionConfig(input_source="quant")),
+                   channelwise_inputs="all", reparam_strength="search", attention_balance="qkv", lowrank="search",
+                   reconstruct=True, learn_weight_scale=True,
+                   reconstruction=ReconstructionConfig(input_source="quant")),
 }
 
 # overrides that return the aiqvit preset to the paper's wording (post-LN reparameterization only,
-# full migration, reconstruction from full-precision inputs, uniform DFQ levels, min-max ranges)
+# full migration, reconstruction from full-precision inputs, uniform DFQ levels, min-max ranges,
+# no attention balancing)
 AIQVIT_PAPER_SETTINGS: dict = dict(channelwise_inputs="post_ln", reparam_strength=1.0,
-                                   reconstruction=dict(input_source="fp"), dfq_spacing="uniform", act_init="minmax")
+                                   reconstruction=dict(input_source="fp"), dfq_spacing="uniform", act_init="minmax",
+                                   attention_balance="off")

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapters import ModelAdapter, register_adapter
+from .balancing import AttentionProjections
 from .modules import AttentionQuantizers
 
 
@@ -109,6 +110,12 @@ class ToyAdapter(ModelAdapter):
     def key_projections(self, model: ToyViT):
         dim = model.blocks[0].attn.proj.in_features
         return [(b.attn.qkv, slice(dim, 2 * dim)) for b in model.blocks]
+
+    def attention_projections(self, model: ToyViT) -> list[AttentionProjections]:
+        dim = model.blocks[0].attn.proj.in_features
+        return [AttentionProjections(query=(b.attn.qkv, slice(0, dim)), key=(b.attn.qkv, slice(dim, 2 * dim)),
+                                     value=(b.attn.qkv, slice(2 * dim, 3 * dim)), output=b.attn.proj)
+                for b in model.blocks]
 
 
 def make_outlier_toy(seed: int = 0, **kwargs) -> ToyViT:

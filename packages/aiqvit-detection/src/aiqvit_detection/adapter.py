@@ -230,6 +230,17 @@ class SwinDetectorAdapter(ModelAdapter):
                 out.append((m.qkv, slice(dim, 2 * dim)))
         return out
 
+    def attention_projections(self, model: nn.Module) -> list[aiqvit.AttentionProjections]:
+        """Query, key and value thirds of every window attention's ``qkv``; ``proj`` reads the attention
+        output in the value channels' order (attention balancing)."""
+        out = []
+        for m in swin_backbone(model).modules():
+            if isinstance(m, (WindowMSA, QuantWindowMSA)) and isinstance(m.qkv, nn.Linear):
+                dim = m.qkv.out_features // 3
+                out.append(aiqvit.AttentionProjections(query=(m.qkv, slice(0, dim)), key=(m.qkv, slice(dim, 2 * dim)),
+                                                       value=(m.qkv, slice(2 * dim, 3 * dim)), output=m.proj))
+        return out
+
     def run(self, model: nn.Module, batch: Any) -> Any:
         if not isinstance(batch, dict) or "inputs" not in batch:
             raise aiqvit.CalibrationDataError("an mmdet batch is a dict with 'inputs' (and 'data_samples'), "

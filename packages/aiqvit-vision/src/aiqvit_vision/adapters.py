@@ -38,7 +38,7 @@ from timm.models.swin_transformer import PatchMerging, SwinTransformer, SwinTran
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from aiqvit import ModelAdapter, register_adapter
+from aiqvit import AttentionProjections, ModelAdapter, register_adapter
 
 from .attention import QuantAttention, QuantWindowAttention
 
@@ -61,6 +61,18 @@ def _key_third(qkv: nn.Module) -> tuple[nn.Linear, slice] | None:
         return None
     third = qkv.out_features // 3
     return qkv, slice(third, 2 * third)
+
+
+def _fused_projections(qkv: nn.Module, proj: nn.Module, values_reach_proj: bool) -> AttentionProjections | None:
+    """Query, key and value thirds of a fused ``(3, heads, head_dim)`` ``qkv``; ``proj`` reads the
+    attention output in the value channels' order when ``values_reach_proj`` (no norm or gate between)."""
+    key = _key_third(qkv)
+    if key is None:
+        return None
+    third = key[1].stop - key[1].start
+    output = proj if values_reach_proj and isinstance(proj, nn.Linear) and proj.in_features == third else None
+    return AttentionProjections(query=(qkv, slice(0, third)), key=key,
+                                value=(qkv, slice(2 * third, 3 * third)), output=output)
 
 
 def _pre_norm_pairs(norm1, attn_inputs, norm2, mlp) -> list[tuple[nn.Module, list[nn.Module]]]:
@@ -127,6 +139,19 @@ class ViTAdapter(ModelAdapter):
                     out.append(key)
         return out
 
+    def attention_projections(self, model: nn.Module):
+        out = []
+        for block in model.blocks:
+            attn = block.attn
+            if not (isinstance(attn, Attention) and isinstance(attn.q_norm, nn.Identity)
+                    and isinstance(attn.k_norm, nn.Identity)):
+                continue  # a norm on q or k does not commute with a per-channel scale
+            values_reach_proj = isinstance(attn.norm, nn.Identity) and getattr(attn, "gate", None) is None
+            p = _fused_projections(attn.qkv, attn.proj, values_reach_proj)
+            if p is not None and p.key[1].stop - p.key[1].start == attn.attn_dim:
+                out.append(p)
+        return out
+
 
 def _reads_class_tokens_only(model: VisionTransformer) -> bool:
     """The head reads the last block's class token(s) alone: token pooling, no attention pool, and a
@@ -182,3 +207,7 @@ class SwinAdapter(ModelAdapter):
     def key_projections(self, model: nn.Module):
         keys = [_key_third(m.qkv) for m in model.modules() if isinstance(m, WindowAttention)]
         return [k for k in keys if k is not None]
+
+    def attention_projections(self, model: nn.Module):
+        found = [_fused_projections(m.qkv, m.proj, True) for m in model.modules() if isinstance(m, WindowAttention)]
+        return [p for p in found if p is not None]
