@@ -366,3 +366,38 @@ def test_output_view_narrows_the_reconstruction_loss(calib_batches):
     assert _FirstTokenAdapter.calls > 0
     assert narrowed.unit_losses["blocks.0"] == full.unit_losses["blocks.0"]
     assert narrowed.unit_losses["blocks.1"][0] < full.unit_losses["blocks.1"][0]
+
+
+def test_kl_logits_loss_ignores_a_logit_shift_and_sees_a_changed_prediction():
+    from aiqvit.reconstruction import build_unit_data, sample_losses
+
+    unit = nn.Identity()
+    logits = torch.randn(6, 10)
+    inputs = [[(logits,), {}, None]]
+    shifted = [[(), {}, logits + 3.0]]  # the same softmax
+    kl = build_unit_data(inputs, shifted, loss="kl")
+    assert len(kl) == 6 and torch.allclose(sample_losses(unit, kl, list(range(6))), torch.zeros(6), atol=1e-6)
+    assert sample_losses(unit, build_unit_data(inputs, shifted), list(range(6))).min() > 1.0  # l2 sees the shift
+    swapped = logits.clone()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    moved = sample_losses(unit, build_unit_data([[(logits,), {}, None]], [[(), {}, swapped]], loss="kl"), [0, 1])
+    assert (moved >= 0).all() and moved.sum() > 0
+
+
+class _ToyWithHeadUnit(ToyAdapter):
+    def units(self, model):
+        return super().units(model) + [("head", model.head)]
+
+    def logit_units(self, model):
+        return {"head"}
+
+
+def test_logits_loss_kl_reaches_the_logit_units_only(calib_batches):
+    cfg = fast_config("aiqvit")
+    l2 = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, adapter=_ToyWithHeadUnit(), progress_bar=False)
+    cfg.reconstruction.logits_loss = "kl"
+    kl = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, adapter=_ToyWithHeadUnit(), progress_bar=False)
+    assert kl.unit_losses["blocks.1"] == l2.unit_losses["blocks.1"]  # blocks keep the l2 loss
+    assert kl.unit_losses["head"] != l2.unit_losses["head"]
+    with pytest.raises(aiqvit.AIQViTError, match="logits_loss"):
+        QuantConfig.for_method("aiqvit", 4, 4, reconstruction=aiqvit.ReconstructionConfig(logits_loss="ce")).validate()

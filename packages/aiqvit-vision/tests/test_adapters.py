@@ -103,6 +103,8 @@ def test_vit_units_and_layernorm_consumers():
     assert [n for n, _ in ViTAdapter(embed_unit=True, head_unit=False).units(model)] == \
         ["patch_embed", "blocks.0", "blocks.1"]
     assert [n for n, _ in adapter.units(tiny_deit_distilled())][-2:] == ["head", "head_dist"]
+    assert adapter.logit_units(model) == {"head"} and ViTAdapter(head_unit=False).logit_units(model) == set()
+    assert adapter.logit_units(tiny_deit_distilled()) == {"head", "head_dist"}
     pairs = adapter.layernorm_consumers(model)
     expected = [(b.norm1, [b.attn.qkv]) for b in model.blocks] + [(b.norm2, [b.mlp.fc1]) for b in model.blocks]
     assert sorted(map(lambda p: (id(p[0]), [id(c) for c in p[1]]), pairs)) == \
@@ -115,6 +117,7 @@ def test_swin_units_in_forward_order_and_merging_option():
     assert names == ["layers.0.blocks.0", "layers.0.blocks.1", "layers.1.downsample", "layers.1.blocks.0",
                      "layers.1.blocks.1", "head"]
     assert SwinAdapter(embed_unit=True, head_unit=False).units(model)[0][0] == "patch_embed"
+    assert SwinAdapter().logit_units(model) == {"head"} and SwinAdapter(head_unit=False).logit_units(model) == set()
     assert "layers.1.downsample" not in [n for n, _ in SwinAdapter(merging_units=False).units(model)]
     pairs = SwinAdapter().layernorm_consumers(model)
     merging = model.layers[1].downsample
@@ -249,3 +252,17 @@ def test_class_token_view_keeps_everything_the_head_reads(build):
             handle.remove()
         model.global_pool = "avg"
         assert ViTAdapter().output_view(model, last) is None
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_swin])
+def test_logits_loss_kl_reaches_the_prepared_head(build):
+    """The head is a quantized module once prepared; ``logits_loss="kl"`` must still find it."""
+    calib = [torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    losses = {}
+    for loss in ("l2", "kl"):
+        cfg = aiqvit.QuantConfig.for_method("aiqvit", 4, 4)
+        cfg.reconstruction.iters, cfg.search.iters, cfg.reconstruction.logits_loss = 4, 2, loss
+        losses[loss] = aiqvit.quantize(build(), calib, cfg, progress_bar=False).unit_losses
+    blocks = [n for n in losses["l2"] if n != "head"]
+    assert all(losses["kl"][n] == losses["l2"][n] for n in blocks)
+    assert losses["kl"]["head"] != losses["l2"]["head"]

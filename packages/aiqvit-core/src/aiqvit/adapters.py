@@ -77,6 +77,12 @@ class ModelAdapter:
         Reconstruction compares the quantized and float outputs through it; it must keep the batch dimension."""
         return None
 
+    def logit_units(self, model: nn.Module) -> set[str]:
+        """Names of the units (from :meth:`units`) whose output is the model's class logits, last dim the
+        classes; ``reconstruction.logits_loss="kl"`` reconstructs them against the float model's predicted
+        distribution instead of its logits. Default: none."""
+        return set()
+
 
 _REGISTRY: list[type[ModelAdapter]] = []
 

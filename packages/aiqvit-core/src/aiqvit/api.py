@@ -307,7 +307,8 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         inputs = fp_io
         if rc.input_source == "quant":
             inputs = capture_unit_io(model, info.adapter, unit, batches, with_output=False, desc=f"{tag} q", show=False)
-        data = build_unit_data(inputs, fp_io, info.adapter.output_view(model, name))
+        loss = rc.logits_loss if name in info.adapter.logit_units(model) else "l2"
+        data = build_unit_data(inputs, fp_io, info.adapter.output_view(model, name), loss)
         if config.weight_rounding == "gptq":
             gptq_unit(unit, data, config.gptq_damp)
         if config.lowrank == "search":

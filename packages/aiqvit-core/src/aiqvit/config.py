@@ -23,6 +23,7 @@ REPARAM_MODES = ("off", "before", "after")
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
+LOGITS_LOSSES = ("l2", "kl")
 # act_init="auto": percentile clipping at or below this many activation bits, min-max above
 # (measured on the real ViT-S/14, docs/METHOD-NOTES.md: clipping the rare largest values pays at
 # 3-4 bits and costs at 6)
@@ -58,6 +59,10 @@ class ReconstructionConfig:
     network_iters: int = 0
     network_lr_scale: float = 0.2
     network_batch_size: int = 8
+    # units whose output is the class logits (``ModelAdapter.logit_units``): "l2" distance to the float
+    # logits (the paper's loss for every unit) or "kl", KL(float softmax || quantized softmax) per sample
+    # (ours, docs/METHOD-NOTES.md)
+    logits_loss: str = "l2"
 
 
 @dataclass
@@ -165,6 +170,7 @@ class QuantConfig:
         if not self.reparam_strength_grid:
             raise AIQViTError("reparam_strength_grid is empty")
         _choice("reconstruction.input_source", self.reconstruction.input_source, INPUT_SOURCES)
+        _choice("reconstruction.logits_loss", self.reconstruction.logits_loss, LOGITS_LOSSES)
         if self.lowrank != "off" and not self.reconstruct:
             raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
         if self.reconstruction.max_batches < 0:

@@ -92,6 +92,7 @@ class UnitData:
     targets: list[torch.Tensor]
     stackable: bool
     view: Callable[[torch.Tensor], torch.Tensor] | None = None  # ModelAdapter.output_view
+    loss: str = "l2"  # "kl" for logits (ReconstructionConfig.logits_loss)
 
     def __len__(self):
         return len(self.targets)
@@ -114,9 +115,10 @@ def _splittable(args, kwargs, target) -> bool:
 
 
 def build_unit_data(inputs: list[list], targets: list[list],
-                    view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> UnitData:
+                    view: Callable[[torch.Tensor], torch.Tensor] | None = None, loss: str = "l2") -> UnitData:
     """Pair captured inputs with full-precision targets; split calls into samples where every
-    tensor argument and the output share the batch dimension. ``view``: compare outputs through it."""
+    tensor argument and the output share the batch dimension. ``view``: compare outputs through it;
+    ``loss``: "l2" or "kl" (outputs are logits over their last dim)."""
     args, kwargs, outs = [], [], []
     for (a, k, _), (_, _, y) in zip(inputs, targets):
         if _splittable(a, k, y):
@@ -134,18 +136,28 @@ def build_unit_data(inputs: list[list], targets: list[list],
     stackable = len(shapes) == 1 and all(y.shape[0] == 1 for y in outs)
     if view is not None:
         outs = [view(y) for y in outs]
-    return UnitData(args, kwargs, outs, stackable, view)
+    return UnitData(args, kwargs, outs, stackable, view, loss)
+
+
+def _kl_from_logits(target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``KL(softmax(target) || softmax(out))`` over the last dim, elementwise over the others."""
+    log_p = torch.log_softmax(target.float(), dim=-1)
+    return (log_p.exp() * (log_p - torch.log_softmax(out.float(), dim=-1))).sum(-1)
 
 
 def sample_losses(unit: nn.Module, data: UnitData, idx: list[int]) -> torch.Tensor:
-    """Per-sample ``||B_q(x) - B_fp(x)||_F`` (of the unit's output view, if it has one)."""
+    """Per-sample ``||B_q(x) - B_fp(x)||_F`` (of the unit's output view, if it has one), or with
+    ``data.loss == "kl"`` the KL divergence of the quantized logits' softmax from the float one."""
     losses = []
     for args, kwargs, target in data.batch(idx):
         out = first_tensor(unit(*args, **kwargs))
         if data.view is not None:
             out = data.view(out)
-        diff = (out - target).reshape(target.shape[0], -1) if data.stackable else (out - target).reshape(1, -1)
-        losses.append(diff.norm(dim=1))
+        n = target.shape[0] if data.stackable else 1
+        if data.loss == "kl":
+            losses.append(_kl_from_logits(target, out).reshape(n, -1).sum(1))
+        else:
+            losses.append((out - target).reshape(n, -1).norm(dim=1))
     return torch.cat(losses)
 
 

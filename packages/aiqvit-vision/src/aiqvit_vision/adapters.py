@@ -111,6 +111,12 @@ class ViTAdapter(ModelAdapter):
     def attention_wrappers(self):
         return {Attention: QuantAttention.wrap}
 
+    def logit_units(self, model: nn.Module) -> set[str]:
+        # by name, not through units(): once prepared, the heads are quantized modules, no longer nn.Linear
+        if not self.head_unit:
+            return set()
+        return {n for n in ("head", "head_dist") if not isinstance(getattr(model, n, nn.Identity()), nn.Identity)}
+
     def output_view(self, model: nn.Module, unit_name: str):
         if not self.class_token_view:
             return None
@@ -193,6 +199,9 @@ class SwinAdapter(ModelAdapter):
 
     def attention_wrappers(self):
         return {WindowAttention: QuantWindowAttention.wrap}
+
+    def logit_units(self, model: nn.Module) -> set[str]:
+        return {"head"} if self.head_unit else set()
 
     def layernorm_consumers(self, model: nn.Module):
         pairs = []
