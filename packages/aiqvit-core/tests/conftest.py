@@ -1,6 +1,9 @@
+import copy
+
 import pytest
 import torch
 
+import aiqvit
 from aiqvit import QuantConfig
 from aiqvit.toy import make_outlier_toy
 
@@ -30,3 +33,19 @@ def fast_config(method="aiqvit", bits=4, **overrides):
 @pytest.fixture
 def toy():
     return make_outlier_toy(seed=0)
+
+
+def group_quantization_error(ref, calib_batches, test_inputs, suffixes, change=None):
+    """Output MSE against ``ref`` of a W4/A4 minmax copy of ``ref`` (after the float ``change``, if any)
+    with only the quantizers whose names end with ``suffixes`` enabled."""
+    from aiqvit.api import calibrate_activations
+
+    model = copy.deepcopy(ref)
+    if change is not None:
+        change(model)
+    aiqvit.prepare(model, QuantConfig.for_method("minmax", 4, 4))
+    calibrate_activations(model, calib_batches, show=False)
+    for name, q in aiqvit.quantizers(model):
+        q.enabled = name.endswith(suffixes)
+    with torch.no_grad():
+        return float((model(test_inputs) - ref(test_inputs)).pow(2).mean())

@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import fast_config, group_quantization_error
 
 import aiqvit
 from aiqvit.balancing import balance_attention, output_absmax
@@ -70,20 +70,11 @@ def test_value_balancing_moves_range_into_the_output_projection(calib_batches):
 
 def test_balanced_keys_quantize_better(calib_batches, test_inputs):
     """With only the query and key quantizers on, balanced operands lose much less of the output."""
-    from aiqvit.api import calibrate_activations
-
     ref = _with_query_key_outliers(make_outlier_toy(seed=0))
-    errs = {}
-    for balance in (False, True):
-        model = copy.deepcopy(ref)
-        if balance:
-            balance_attention(model, ToyAdapter(), calib_batches, "qk")
-        aiqvit.prepare(model, aiqvit.QuantConfig.for_method("minmax", 4, 4))
-        calibrate_activations(model, calib_batches, show=False)
-        for name, q in aiqvit.quantizers(model):
-            q.enabled = name.endswith(("key_quantizer", "query_quantizer"))
-        with torch.no_grad():
-            errs[balance] = float((model(test_inputs) - ref(test_inputs)).pow(2).mean())
+    groups = ("key_quantizer", "query_quantizer")
+    errs = {False: group_quantization_error(ref, calib_batches, test_inputs, groups),
+            True: group_quantization_error(ref, calib_batches, test_inputs, groups,
+                                           lambda m: balance_attention(m, ToyAdapter(), calib_batches, "qk"))}
     assert errs[True] < 0.5 * errs[False], errs
 
 

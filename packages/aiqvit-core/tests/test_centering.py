@@ -2,7 +2,7 @@ import copy
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import fast_config, group_quantization_error
 
 import aiqvit
 from aiqvit.centering import center_attention_keys, key_ranges
@@ -54,20 +54,10 @@ def test_adapter_without_key_projections_centers_nothing(calib_batches):
 
 def test_centered_keys_quantize_better(calib_batches, test_inputs):
     """With only the key quantizers on, centered keys lose much less of the output."""
-    from aiqvit.api import calibrate_activations
-
     ref = _with_key_offsets(make_outlier_toy(seed=0))
-    errs = {}
-    for center in (False, True):
-        model = copy.deepcopy(ref)
-        if center:
-            center_attention_keys(model, ToyAdapter(), calib_batches)
-        aiqvit.prepare(model, aiqvit.QuantConfig.for_method("minmax", 4, 4))
-        calibrate_activations(model, calib_batches, show=False)
-        for name, q in aiqvit.quantizers(model):
-            q.enabled = name.endswith("key_quantizer")
-        with torch.no_grad():
-            errs[center] = float((model(test_inputs) - ref(test_inputs)).pow(2).mean())
+    errs = {False: group_quantization_error(ref, calib_batches, test_inputs, "key_quantizer"),
+            True: group_quantization_error(ref, calib_batches, test_inputs, "key_quantizer",
+                                           lambda m: center_attention_keys(m, ToyAdapter(), calib_batches))}
     assert errs[True] < 0.5 * errs[False], errs
 
 

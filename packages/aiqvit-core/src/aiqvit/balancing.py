@@ -26,7 +26,7 @@ from torch import nn
 
 from .adapters import ModelAdapter
 from .errors import AdapterError
-from .progress import progress
+from .observe import run_with_hooks
 
 BALANCE_SCOPES = ("off", "qk", "qkv")
 _EPS = 1e-8
@@ -66,19 +66,14 @@ def output_absmax(model: nn.Module, adapter: ModelAdapter, linears: list[nn.Line
                   show: bool = False) -> dict[int, torch.Tensor]:
     """Per-output-channel abs-max of each Linear in ``linears`` over ``batches`` (keyed by ``id``)."""
     absmax: dict[int, torch.Tensor] = {}
-    handles = []
+    hooks = []
     for linear in {id(m): m for m in linears}.values():
         def hook(module, args, output, key=id(linear)):
             m = output.detach().abs().reshape(-1, output.shape[-1]).amax(0).float()
             absmax[key] = m if key not in absmax else torch.maximum(absmax[key], m)
 
-        handles.append(linear.register_forward_hook(hook))
-    try:
-        for batch in progress(batches, desc="attention ranges", enabled=show):
-            adapter.run(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((linear, hook))
+    run_with_hooks(lambda batch: adapter.run(model, batch), batches, hooks, "attention ranges", show)
     return absmax
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from .adapters import ModelAdapter
 from .errors import AdapterError
-from .progress import progress
+from .observe import run_with_hooks
 
 
 @torch.no_grad()
@@ -27,7 +27,7 @@ def key_ranges(model: nn.Module, adapter: ModelAdapter, batches: list, show: boo
     """Per-channel ``(min, max)`` of every key projection's key channels over ``batches``."""
     projections = adapter.key_projections(model)
     ranges: list[list[torch.Tensor | None]] = [[None, None] for _ in projections]
-    handles = []
+    hooks = []
     for i, (linear, channels) in enumerate(projections):
         if not isinstance(linear, nn.Linear):
             raise AdapterError(f"key projection {i} is a {type(linear).__name__}, not an nn.Linear")
@@ -39,13 +39,8 @@ def key_ranges(model: nn.Module, adapter: ModelAdapter, batches: list, show: boo
             ranges[i] = [lo if old[0] is None else torch.minimum(old[0], lo),
                          hi if old[1] is None else torch.maximum(old[1], hi)]
 
-        handles.append(linear.register_forward_hook(hook))
-    try:
-        for batch in progress(batches, desc="key ranges", enabled=show):
-            adapter.run(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((linear, hook))
+    run_with_hooks(lambda batch: adapter.run(model, batch), batches, hooks, "key ranges", show)
     return projections, ranges
 
 

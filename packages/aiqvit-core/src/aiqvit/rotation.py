@@ -23,7 +23,7 @@ from torch import nn
 
 from .errors import AIQViTError
 from .modules import QuantLinear
-from .progress import progress
+from .observe import run_with_hooks
 
 PALEY_ORDERS = (12, 20)  # q + 1 for the primes q = 11, 19 (q = 3 mod 4: Paley construction I)
 
@@ -118,19 +118,14 @@ def input_means(model: nn.Module, layers: list[tuple[str, QuantLinear]], run, ba
     """Per-channel mean of each layer's input over ``batches`` (``run(batch)`` runs the model)."""
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
-    handles = []
+    hooks = []
     for name, layer in layers:
         def hook(module, args, name=name):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
             sums[name] = sums.get(name, 0) + x.sum(0)
             counts[name] = counts.get(name, 0) + x.shape[0]
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        for batch in progress(batches, desc="input means", enabled=show):
-            run(batch)
-    finally:
-        for h in handles:
-            h.remove()
+        hooks.append((layer, hook))
+    run_with_hooks(run, batches, hooks, "input means", show, pre=True)
     return {n: (sums[n] / counts[n]).float() for n in sums}
 
 

@@ -108,8 +108,7 @@ class ToyAdapter(ModelAdapter):
         return [pair for b in model.blocks for pair in ((b.norm1, [b.attn.qkv]), (b.norm2, [b.fc1]))]
 
     def key_projections(self, model: ToyViT):
-        dim = model.blocks[0].attn.proj.in_features
-        return [(b.attn.qkv, slice(dim, 2 * dim)) for b in model.blocks]
+        return [p.key for p in self.attention_projections(model)]
 
     def attention_projections(self, model: ToyViT) -> list[AttentionProjections]:
         dim = model.blocks[0].attn.proj.in_features

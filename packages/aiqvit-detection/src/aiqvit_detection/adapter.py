@@ -223,12 +223,7 @@ class SwinDetectorAdapter(ModelAdapter):
     def key_projections(self, model: nn.Module) -> list[tuple[nn.Linear, slice]]:
         """The key third of every window attention's ``qkv`` (laid out ``(3, heads, head_dim)``); its
         relative position bias and shift mask are added to the logits, so key centering stays exact."""
-        out = []
-        for m in swin_backbone(model).modules():
-            if isinstance(m, (WindowMSA, QuantWindowMSA)) and isinstance(m.qkv, nn.Linear):
-                dim = m.qkv.out_features // 3
-                out.append((m.qkv, slice(dim, 2 * dim)))
-        return out
+        return [p.key for p in self.attention_projections(model)]
 
     def attention_projections(self, model: nn.Module) -> list[aiqvit.AttentionProjections]:
         """Query, key and value thirds of every window attention's ``qkv``; ``proj`` reads the attention

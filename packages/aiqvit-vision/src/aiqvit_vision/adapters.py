@@ -214,8 +214,7 @@ class SwinAdapter(ModelAdapter):
         return pairs
 
     def key_projections(self, model: nn.Module):
-        keys = [_key_third(m.qkv) for m in model.modules() if isinstance(m, WindowAttention)]
-        return [k for k in keys if k is not None]
+        return [p.key for p in self.attention_projections(model)]
 
     def attention_projections(self, model: nn.Module):
         found = [_fused_projections(m.qkv, m.proj, True) for m in model.modules() if isinstance(m, WindowAttention)]
