@@ -35,15 +35,16 @@ def toy():
     return make_outlier_toy(seed=0)
 
 
-def group_quantization_error(ref, calib_batches, test_inputs, suffixes, change=None):
-    """Output MSE against ``ref`` of a W4/A4 minmax copy of ``ref`` (after the float ``change``, if any)
-    with only the quantizers whose names end with ``suffixes`` enabled."""
+def group_quantization_error(ref, calib_batches, test_inputs, suffixes, change=None, **config_overrides):
+    """Output MSE against ``ref`` of a W4/A4 minmax copy of ``ref`` (after the float ``change``, if any;
+    with ``config_overrides`` on the minmax preset) with only the quantizers whose names end with
+    ``suffixes`` enabled."""
     from aiqvit.api import calibrate_activations
 
     model = copy.deepcopy(ref)
     if change is not None:
         change(model)
-    aiqvit.prepare(model, QuantConfig.for_method("minmax", 4, 4))
+    aiqvit.prepare(model, QuantConfig.for_method("minmax", 4, 4, **config_overrides))
     calibrate_activations(model, calib_batches, show=False)
     for name, q in aiqvit.quantizers(model):
         q.enabled = name.endswith(suffixes)

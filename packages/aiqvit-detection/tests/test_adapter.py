@@ -194,3 +194,26 @@ def test_attention_balancing_keeps_detector_outputs(detector):
     assert not all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     for a, b in zip(_feats(model, batch), ref):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_per_head_scales_follow_the_backbone_heads(detector):
+    """attention_scales="head": each WindowMSA's key quantizer holds one range per head, the min-max of
+    that head's keys (attention_head_axis is the head axis of the operands)."""
+    from mmdet_helpers import image_batch
+
+    from aiqvit.api import calibrate_activations
+    from aiqvit_detection.adapter import QuantWindowMSA, SwinDetectorAdapter
+
+    model = copy.deepcopy(detector)
+    aiqvit.prepare(model, aiqvit.QuantConfig.for_method("minmax", 8, 8, attention_scales="head"),
+                   adapter=SwinDetectorAdapter())
+    last = [m for m in model.modules() if isinstance(m, QuantWindowMSA)][-1]
+    keys = []
+    last.matmul_quantizers.key_quantizer.register_forward_hook(lambda _m, args, _out: keys.append(args[0].detach()))
+    calibrate_activations(model, [image_batch([(160, 160)])], show=False)
+    k, scale = keys[0], last.matmul_quantizers.key_quantizer.scale.detach()
+    assert scale.shape == (1, last.num_heads, 1, 1) and k.shape[1] == last.num_heads > 1
+    for h in range(last.num_heads):
+        alone = aiqvit.UniformQuantizer(8)
+        alone.calibrate_from(k[:, h])
+        torch.testing.assert_close(scale.flatten()[h], alone.scale)

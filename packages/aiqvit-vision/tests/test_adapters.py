@@ -266,3 +266,24 @@ def test_logits_loss_kl_reaches_the_prepared_head(build):
     blocks = [n for n in losses["l2"] if n != "head"]
     assert all(losses["kl"][n] == losses["l2"][n] for n in blocks)
     assert losses["kl"]["head"] != losses["l2"]["head"]
+
+
+@pytest.mark.parametrize("build", [tiny_vit_layerscale, tiny_swin])
+def test_per_head_scales_follow_the_heads(build):
+    """attention_scales="head": each head's key range is the min-max of that head's keys (the adapter's
+    attention_head_axis is the head axis of the operands)."""
+    model = build()
+    q = copy.deepcopy(model)
+    aiqvit.prepare(q, aiqvit.QuantConfig.for_method("minmax", 8, 8, attention_scales="head"))
+    last_attn = [m for m in q.modules() if isinstance(m, aiqvit.AttentionQuantizers)][-1]
+    keys = []
+    last_attn.key_quantizer.register_forward_hook(lambda _m, args, _out: keys.append(args[0].detach()))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    calibrate_activations(q, [x], show=False)
+    k = keys[0]
+    scale = last_attn.key_quantizer.scale.detach()
+    assert scale.shape == (1, k.shape[1], 1, 1) and k.shape[1] > 1
+    for h in range(k.shape[1]):
+        alone = aiqvit.UniformQuantizer(8)
+        alone.calibrate_from(k[:, h])
+        torch.testing.assert_close(scale.flatten()[h], alone.scale)

@@ -19,7 +19,9 @@ substrings. It answers five questions:
 * :meth:`~ModelAdapter.run`: how to call the model on one calibration batch.
 
 Optional: :meth:`~ModelAdapter.key_projections` enables key centering (``aiqvit.centering``),
-:meth:`~ModelAdapter.attention_projections` attention balancing (``aiqvit.balancing``);
+:meth:`~ModelAdapter.attention_projections` attention balancing (``aiqvit.balancing``),
+:meth:`~ModelAdapter.attention_head_axis` one scale per head for the matmul operands
+(``attention_scales="head"``);
 :meth:`~ModelAdapter.output_view` narrows a unit's reconstruction loss to the part of its output that
 the rest of the model reads.
 """
@@ -70,6 +72,13 @@ class ModelAdapter:
         """One :class:`aiqvit.balancing.AttentionProjections` per attention whose query/key (and value/output)
         channels may be rescaled without changing the model (attention balancing). Default: none."""
         return []
+
+    def attention_head_axis(self) -> int | None:
+        """The axis of the heads in the query, key and value tensors that this family's attention wrappers
+        hand to :class:`aiqvit.AttentionQuantizers` (``(batch, heads, tokens, head_dim)``: 1), or ``None``
+        when the operands have no head axis. A scale per head keeps both matmuls integer: every head's
+        ``q_h @ k_h^T`` and ``p_h @ v_h`` is a matmul of its own. Default: ``None``."""
+        return None
 
     def output_view(self, model: nn.Module, unit_name: str) -> Callable[[Any], Any] | None:
         """A function of the unit's output that keeps only what the rest of the model reads from it (a ViT's

@@ -24,6 +24,7 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
 LOGITS_LOSSES = ("l2", "kl")
+ATTENTION_SCALES = ("tensor", "head")
 # act_init="auto": percentile clipping at or below this many activation bits, min-max above
 # (measured on the real ViT-S/14, docs/METHOD-NOTES.md: clipping the rare largest values pays at
 # 3-4 bits and costs at 6)
@@ -113,6 +114,9 @@ class QuantConfig:
     # docs/METHOD-NOTES.md); exact on the float model; needs the adapter's attention_projections
     attention_balance: str = "off"
     attention_balance_strength: float = 0.5
+    # the query, key and value quantizers of the attention matmuls: one scale per tensor (the paper) or one
+    # per head (ours, docs/METHOD-NOTES.md); "head" needs the adapter's attention_head_axis
+    attention_scales: str = "tensor"
     # rotate Linear inputs by a randomized Hadamard matrix after centring them (aiqvit.rotation; ours,
     # QuaRot-style, docs/METHOD-NOTES.md): "off", "all" Linear inputs, or those "not_post_ln" (not
     # fed by a norm); before activation calibration, so ranges and reparameterization see rotated inputs
@@ -154,6 +158,7 @@ class QuantConfig:
         _choice("channelwise_inputs", self.channelwise_inputs, CHANNELWISE_INPUTS)
         _choice("input_rotation", self.input_rotation, ROTATION_SCOPES)
         _choice("attention_balance", self.attention_balance, BALANCE_SCOPES)
+        _choice("attention_scales", self.attention_scales, ATTENTION_SCALES)
         if not 0.0 < self.attention_balance_strength <= 1.0:
             raise AIQViTError(f"attention_balance_strength must lie in (0, 1], got {self.attention_balance_strength}")
         _choice("lowrank", self.lowrank, LOWRANK_MODES)

@@ -42,10 +42,15 @@ def _names_by_id(model: nn.Module) -> dict[int, str]:
     return {id(m): n for n, m in model.named_modules()}
 
 
-def attention_quantizers(config: QuantConfig, seed: int) -> AttentionQuantizers:
+def attention_quantizers(config: QuantConfig, seed: int, head_axis: int | None = None) -> AttentionQuantizers:
+    """The four matmul-operand quantizers of one attention; with ``head_axis``, query/key/value get one
+    scale per head along that axis."""
     def act(k):
-        return UniformQuantizer(config.a_bits, init=config.resolved_act_init(), percentile=config.act_percentile,
-                                learnable=config.reconstruct, seed=seed + k)
+        return UniformQuantizer(config.a_bits, per_channel=head_axis is not None,
+                                channel_dim=head_axis if head_axis is not None else -1,
+                                init=config.resolved_act_init(), percentile=config.act_percentile,
+                                learnable=config.reconstruct, seed=seed + k,
+                                element_budget=head_axis is not None)
 
     probs = make_softmax_quantizer(config.softmax_quantizer, config.a_bits, dfq_top=config.dfq_top,
                                    dfq_spacing=config.dfq_spacing, dfq_init=config.dfq_init, seed=seed + 3)
@@ -65,9 +70,16 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
 
     attention_names = []
     if config.quantize_attention_matmuls:
+        head_axis = None
+        if config.attention_scales == "head":
+            head_axis = adapter.attention_head_axis()
+            if head_axis is None:
+                raise AdapterError(f"attention_scales='head' needs the adapter's attention_head_axis; adapter "
+                                   f"{adapter.name!r} has none (its attention operands have no head axis)")
         wrappers = adapter.attention_wrappers()
         for i, (name, module) in enumerate(list(iter_attention_modules(model, wrappers))):
-            wrapped = wrapper_for(module, wrappers)(module, attention_quantizers(config, config.seed * 7919 + 100 * i))
+            quantizers = attention_quantizers(config, config.seed * 7919 + 100 * i, head_axis)
+            wrapped = wrapper_for(module, wrappers)(module, quantizers)
             model.set_submodule(name, wrapped)
             attention_names.append(name)
 

@@ -72,10 +72,13 @@ class UniformQuantizer(Quantizer):
     ``init``: ``minmax``, ``percentile`` (``percentile`` / ``100 - percentile`` of the observed
     values) or ``mse`` (clipping range minimizing the squared error, grid search).
     ``scale`` is a Parameter; it is trained only when ``learnable`` (LSQ-style, via STE).
+    ``element_budget``: a per-channel quantizer keeps as many observed elements for the percentile and MSE
+    inits as a per-tensor one (for few channels, e.g. attention heads, whose percentiles would otherwise
+    come from far fewer samples); by default it keeps a fixed number of rows.
     """
 
     def __init__(self, bits: int, per_channel: bool = False, channel_dim: int = -1, init: str = "minmax",
-                 percentile: float = 99.99, learnable: bool = False, seed: int = 0):
+                 percentile: float = 99.99, learnable: bool = False, seed: int = 0, element_budget: bool = False):
         super().__init__(bits)
         if init not in INIT_METHODS:
             raise ValueError(f"init must be one of {INIT_METHODS}, got {init!r}")
@@ -84,6 +87,7 @@ class UniformQuantizer(Quantizer):
         self.init = init
         self.percentile = percentile
         self.learnable = learnable
+        self.element_budget = element_budget
         self.scale = nn.Parameter(torch.ones(()), requires_grad=learnable)
         self.register_buffer("zero_point", torch.zeros(()))
         self._lo = self._hi = None
@@ -111,7 +115,7 @@ class UniformQuantizer(Quantizer):
         self._lo = lo if self._lo is None else torch.minimum(self._lo, lo)
         self._hi = hi if self._hi is None else torch.maximum(self._hi, hi)
         if self.init != "minmax":
-            idx = torch.randperm(rows.shape[0], generator=self._generator)[: _KEEP_PER_BATCH[self.per_channel]]
+            idx = torch.randperm(rows.shape[0], generator=self._generator)[: self._sample_cap(_KEEP_PER_BATCH, rows)]
             self._samples.append(rows[idx])
         if self.keep_rows:
             self._keep(rows)
@@ -129,9 +133,14 @@ class UniformQuantizer(Quantizer):
         self.kept_rows = torch.cat(parts)
         self._rows_seen = total
 
+    def _sample_cap(self, caps: dict[bool, int], rows: torch.Tensor) -> int:
+        if self.element_budget and self.per_channel:
+            return max(caps[True], caps[False] // rows.shape[1])
+        return caps[self.per_channel]
+
     def _kept_samples(self) -> torch.Tensor:
         rows = torch.cat(self._samples)
-        cap = _KEEP_TOTAL[self.per_channel]
+        cap = self._sample_cap(_KEEP_TOTAL, rows)
         if rows.shape[0] > cap:
             rows = rows[torch.randperm(rows.shape[0], generator=self._generator)[:cap]]
         return rows

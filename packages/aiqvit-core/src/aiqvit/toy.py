@@ -104,6 +104,9 @@ class ToyAdapter(ModelAdapter):
     def attention_wrappers(self):
         return {ToyAttention: QuantToyAttention}
 
+    def attention_head_axis(self) -> int | None:
+        return 1  # the wrappers hand over (batch, heads, tokens, head_dim)
+
     def layernorm_consumers(self, model: ToyViT):
         return [pair for b in model.blocks for pair in ((b.norm1, [b.attn.qkv]), (b.norm2, [b.fc1]))]
 

@@ -204,6 +204,9 @@ class SwinDetectorAdapter(ModelAdapter):
     def attention_wrappers(self):
         return {WindowMSA: QuantWindowMSA}
 
+    def attention_head_axis(self) -> int | None:
+        return 1  # the wrappers hand over (batch, heads, tokens, head_dim)
+
     def quantizable_layers(self, model: nn.Module) -> list[tuple[str, nn.Module]]:
         root = swin_backbone(model) if self.scope == "backbone" else model
         prefix = next(n for n, m in model.named_modules() if m is root)

@@ -111,6 +111,9 @@ class ViTAdapter(ModelAdapter):
     def attention_wrappers(self):
         return {Attention: QuantAttention.wrap}
 
+    def attention_head_axis(self) -> int | None:
+        return 1  # the wrappers hand over (batch, heads, tokens, head_dim)
+
     def logit_units(self, model: nn.Module) -> set[str]:
         # by name, not through units(): once prepared, the heads are quantized modules, no longer nn.Linear
         if not self.head_unit:
@@ -199,6 +202,9 @@ class SwinAdapter(ModelAdapter):
 
     def attention_wrappers(self):
         return {WindowAttention: QuantWindowAttention.wrap}
+
+    def attention_head_axis(self) -> int | None:
+        return 1  # the wrappers hand over (batch, heads, tokens, head_dim)
 
     def logit_units(self, model: nn.Module) -> set[str]:
         return {"head"} if self.head_unit else set()
