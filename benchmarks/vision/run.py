@@ -161,8 +161,7 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
              "- Calibration: seeded images from the Fashion-MNIST TRAIN split only (recipe below); evaluation: "
              "top-1 on the test split (size in the notes column of the JSON).",
              "- Recipes (`aiqvit_vision.recipes`): " + "; ".join(
-                 f"`{r.name}` = {r.calib_images} calibration images, {r.search_iters} rank-search + {r.recon_iters} "
-                 f"reconstruction iterations per unit, batch {r.batch_size}" for r in RECIPES.values()) + ".",
+                 f"`{r.name}` = {r.describe()}" for r in RECIPES.values()) + ".",
              "- Each setting runs in its own process: calibration seconds and peak RSS are that process's. "
              "Seconds are wall clock: a run that shared the 2 cores with another job (its command says "
              "`--threads 1`) took longer than it would alone.", ""]

@@ -88,3 +88,12 @@ def test_recipe_config_overrides():
         get_recipe("slow")
     with pytest.raises(AIQViTError, match="out of range"):
         build_config("aiqvit", 9, 4, get_recipe("fast"))
+
+
+def test_recipe_reconstructs_longer_at_3_bits():
+    fast = get_recipe("fast")
+    iters = {(w, a): build_config("brecq", w, a, fast).reconstruction.iters for w, a in ((3, 3), (3, 4), (4, 3), (4, 4), (6, 6))}
+    assert iters == {(3, 3): 384, (3, 4): 384, (4, 3): 384, (4, 4): 128, (6, 6): 128}
+    assert build_config("aiqvit", 3, 3, fast, 0, parse_overrides(["reconstruction.iters=64"])).reconstruction.iters == 64
+    assert "(384 at <= 3 bits)" in fast.describe() and "+ 128 reconstruction" in fast.describe(4, 4)
+    assert get_recipe("paper").recon_iters_for(3, 3) == get_recipe("paper").recon_iters

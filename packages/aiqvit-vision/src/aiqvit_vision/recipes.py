@@ -3,7 +3,10 @@
 * ``paper``: the AIQViT paper's budget: 1,024 calibration images, 2,000 rank-search and 6,000 reconstruction
   iterations per unit, batch 24.
 * ``fast``: the CPU default, sized so that ``aiqvit-vision quantize`` (ViT-S/14, W4/A4, calibration plus FP and
-  quantized evaluation of the test subset) stays within ~15 minutes on 2 cores.
+  quantized evaluation of the test subset) stays within ~15 minutes on 2 cores. At 3 bits it reconstructs
+  three times as long (384 iterations per unit): there each unit starts much further from its float twin,
+  and on held-out train images the longer run gained 5.8 and 7.0 points over two seeds
+  (docs/METHOD-NOTES.md, "Reconstruction budget at 3 bits").
 """
 
 from __future__ import annotations
@@ -22,10 +25,32 @@ class Recipe:
     search_iters: int
     recon_iters: int
     batch_size: int  # samples per reconstruction / search step
+    # ((bits, iterations), ...): reconstruction iterations when the lower of the weight and activation
+    # bit-widths is at most ``bits`` (the smallest matching ``bits`` wins); otherwise ``recon_iters``
+    recon_iters_by_bits: tuple[tuple[int, int], ...] = ()
+
+    def recon_iters_for(self, w_bits: int, a_bits: int) -> int:
+        bits = min(w_bits, a_bits)
+        for limit, iters in sorted(self.recon_iters_by_bits):
+            if bits <= limit:
+                return iters
+        return self.recon_iters
+
+    def describe(self, w_bits: int | None = None, a_bits: int | None = None) -> str:
+        """``"128 calibration images, 24 rank-search + 128 reconstruction iterations per unit, batch 8"``
+        (for given bit-widths; without them, every bit-dependent budget is listed)."""
+        if w_bits is not None:
+            recon = str(self.recon_iters_for(w_bits, a_bits if a_bits is not None else w_bits))
+        else:
+            recon = str(self.recon_iters) + "".join(f" ({iters} at <= {bits} bits)"
+                                                    for bits, iters in sorted(self.recon_iters_by_bits))
+        return (f"{self.calib_images} calibration images, {self.search_iters} rank-search + {recon} "
+                f"reconstruction iterations per unit, batch {self.batch_size}")
 
 
 RECIPES = {
-    "fast": Recipe("fast", calib_images=128, calib_batch=32, search_iters=24, recon_iters=128, batch_size=8),
+    "fast": Recipe("fast", calib_images=128, calib_batch=32, search_iters=24, recon_iters=128, batch_size=8,
+                   recon_iters_by_bits=((3, 384),)),
     "paper": Recipe("paper", calib_images=1024, calib_batch=32, search_iters=2000, recon_iters=6000, batch_size=24),
 }
 
@@ -80,7 +105,7 @@ def build_config(method: str, w_bits: int, a_bits: int, recipe: Recipe, seed: in
     if unknown:
         raise AIQViTError(f"unknown config keys {unknown}; valid keys: {sorted(known)}")
     config = QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **overrides)
-    config.reconstruction.iters = recipe.recon_iters
+    config.reconstruction.iters = recipe.recon_iters_for(w_bits, a_bits)
     config.reconstruction.batch_size = recipe.batch_size
     config.search.iters = recipe.search_iters
     for section, values in nested.items():
