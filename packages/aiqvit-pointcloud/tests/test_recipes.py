@@ -35,3 +35,13 @@ def test_pointcloud_overrides_apply_to_reconstructing_methods_and_yield_to_the_u
     assert quant_config("brecq", 4, 4).act_init == "percentile"
     assert quant_config("minmax", 4, 4).act_init == "minmax"
     assert quant_config("aiqvit", 4, 4, act_init="minmax").act_init == "minmax"
+
+
+def test_default_recipe_reconstructs_longer_at_3_bits():
+    iters = {(m, w, a): quant_config(m, w, a, "default").reconstruction.iters
+             for m in ("aiqvit", "brecq") for w, a in ((3, 3), (3, 4), (4, 4), (6, 6))}
+    assert all(v == 120 for (_, w, a), v in iters.items() if min(w, a) == 3)
+    assert all(v == 40 for (_, w, a), v in iters.items() if min(w, a) > 3)
+    assert quant_config("aiqvit", 3, 3, "default", **{"reconstruction.iters": 9}).reconstruction.iters == 9
+    assert quant_config("aiqvit", 3, 3, "default").reconstruction.max_batches == 4  # the rest of the recipe stays
+    assert quant_config("aiqvit", 3, 3, "fast").reconstruction.iters == 10

@@ -5,7 +5,9 @@ A recipe sets the reconstruction and rank-search budget of the methods that reco
 
 * ``default``: sized so that the whole point-cloud benchmark (2 tasks x 4 methods x 3 bit-widths,
   512 calibration samples) finishes within an hour on 2 CPU cores: measured 35.6 min
-  (benchmarks/results/pointcloud.md).
+  (benchmarks/results/pointcloud.md). At 3 bits it reconstructs three times as long (120 iterations
+  per unit): on held-out objects that gained 0.7 to 1.3 OA (cls, aiqvit and brecq alike) and 1.0
+  instance mIoU (partseg) (docs/METHOD-NOTES.md, "Reconstruction budget at 3 bits").
 * ``fast``: a smoke test (seconds per unit).
 * ``paper``: the paper's budget (2,000 search + 6,000 reconstruction iterations per block, batch 24);
   hours per model on a CPU.
@@ -28,6 +30,9 @@ RECIPES: dict[str, dict[str, dict]] = {
                 "search": dict(iters=15)},
     "paper": {"reconstruction": dict(iters=6000, batch_size=24, hardness_refresh=50), "search": dict(iters=2000)},
 }
+# {recipe: ((bits, fields), ...)}: reconstruction fields that replace the recipe's when the lower of the
+# weight and activation bit-widths is at most ``bits`` (the smallest matching ``bits`` wins)
+LOW_BIT_RECONSTRUCTION: dict[str, tuple[tuple[int, dict], ...]] = {"default": ((3, dict(iters=120)),)}
 RECONSTRUCTING = ("brecq", "aiqvit")
 # Point Transformer activations have rare large values (max pooling, position MLPs): min-max
 # initialized 4-bit activation ranges waste most levels. Percentile init (as the repq preset uses)
@@ -49,6 +54,10 @@ def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default",
     if method in RECONSTRUCTING:
         for group in nested:
             nested[group].update(RECIPES[recipe][group])
+        for bits, fields in sorted(LOW_BIT_RECONSTRUCTION.get(recipe, ()), key=lambda item: item[0]):
+            if min(w_bits, a_bits) <= bits:
+                nested["reconstruction"].update(fields)
+                break
     extra = dict(POINTCLOUD_OVERRIDES) if method in RECONSTRUCTING else {}
     for key, value in overrides.items():
         group, _, field = key.partition(".")
