@@ -31,7 +31,7 @@ from aiqvit.io_utils import BenchmarkRecord, git_commit, merge_records, peak_rss
 
 from aiqvit_pointcloud import PointTransformerAdapter, PointTransformerLayer, calibration_batches, evaluate
 from aiqvit_pointcloud.data.synthetic import load_synthetic
-from aiqvit_pointcloud.recipes import RECIPES, quant_config
+from aiqvit_pointcloud.recipes import LOW_BIT_RECONSTRUCTION, RECIPES, quant_config
 from aiqvit_pointcloud.weights import cached_checkpoint_path, find_checkpoint, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -259,6 +259,11 @@ def _subset(args) -> str:
     return f"; only {', '.join(parts)} (FP included)" if parts else ""
 
 
+def _low_bit_budget(recipe: str) -> str:
+    """``"; at <= 3 bits: {'iters': 120}"`` for the reconstruction fields a recipe replaces at low bit-widths."""
+    return "".join(f"; at <= {bits} bits: {fields}" for bits, fields in LOW_BIT_RECONSTRUCTION.get(recipe, ()))
+
+
 def protocol(args, last_run: str) -> dict:
     cmd = "python benchmarks/pointcloud/run.py" + (" --smoke" if args.smoke else "") + \
         ("" if args.recipe == "default" or args.smoke else f" --recipe {args.recipe}")
@@ -274,7 +279,8 @@ def protocol(args, last_run: str) -> dict:
                              "OA equals mAcc and instance equals class mIoU"),
             "quantized": "every Linear (weights per channel, inputs per tensor), vector-attention query/key "
                          "operands, post-Softmax weights and aggregated values; BatchNorm stays float",
-            "recipe": f"`{args.recipe}`: {RECIPES[args.recipe]} (brecq and aiqvit; minmax and repq do not train)",
+            "recipe": f"`{args.recipe}`: {RECIPES[args.recipe]}{_low_bit_budget(args.recipe)} "
+                      "(brecq and aiqvit; minmax and repq do not train)",
             "last run": last_run}
 
 
