@@ -28,6 +28,15 @@ MMDET_RUNTIME = ["mmengine==0.10.7", "matplotlib", "numpy", "pycocotools", "scip
                  "setuptools<82"]  # mmengine 0.10 imports pkg_resources
 
 
+def _last_line(session: nox.Session, script: str, python: str) -> str:
+    """The last line a build script prints (the cached wheel or directory). The build is an install step
+    (``--install-only`` runs it); with ``--no-install`` the script only looks up its cache."""
+    out = session.run_install("bash", script, python, silent=True, external=True)
+    if out is None:
+        out = session.run("bash", script, python, silent=True, external=True)
+    return out.strip().splitlines()[-1]
+
+
 def _install_detection(session: nox.Session) -> dict:
     """torch 2.13 + mmcv with compiled ops + mmdet 3.3.0; returns the env the session must run with.
 
@@ -40,11 +49,10 @@ def _install_detection(session: nox.Session) -> dict:
     python = os.path.join(session.bin, "python")
     env = {}
     if os.environ.get("AIQVIT_MMCV", "minimal") == "full":
-        wheel = session.run("bash", ".ci/build_mmcv.sh", python, silent=True, external=True).strip().splitlines()[-1]
+        wheel = _last_line(session, ".ci/build_mmcv.sh", python)
         session.install(wheel)
     else:
-        path = session.run("bash", ".ci/build_mmcv_minimal.sh", python, silent=True, external=True)
-        env["PYTHONPATH"] = path.strip().splitlines()[-1]
+        env["PYTHONPATH"] = _last_line(session, ".ci/build_mmcv_minimal.sh", python)
     session.install(*MMDET_RUNTIME)
     session.install("--no-deps", "mmdet==3.3.0")  # its mmcv requirement is met by the build above
     session.install(*CORE, "-e", "packages/aiqvit-detection[test]")

@@ -43,6 +43,10 @@ class ReconstructionConfig:
     lr_weight_scale: float = 1e-2
     lr_act_scale: float = 1e-2
     lr_dfq: float = 1e-2
+    # also learn an output shift per channel of every quantized layer, on the quantized path only
+    # (lr x std(W0)); folded into the bias at finalize. 0 = off, the paper (ours, docs/METHOD-NOTES.md,
+    # "Bias correction")
+    lr_bias: float = 0.0
     curriculum: bool = True
     lambda0: float = 0.5
     hardness_refresh: int = 50  # recompute per-sample loss every N iterations (OPEN in the paper)
@@ -180,6 +184,8 @@ class QuantConfig:
             raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
         if self.reconstruction.max_batches < 0:
             raise AIQViTError(f"reconstruction.max_batches must be >= 0 (0 = all batches), got {self.reconstruction.max_batches}")
+        if self.reconstruction.lr_bias < 0:
+            raise AIQViTError(f"reconstruction.lr_bias must be >= 0 (0 = off), got {self.reconstruction.lr_bias}")
         if not 0.0 <= self.reconstruction.qdrop_prob < 1.0:
             raise AIQViTError(f"reconstruction.qdrop_prob must lie in [0, 1), got {self.reconstruction.qdrop_prob}")
         if self.reconstruction.network_iters < 0:

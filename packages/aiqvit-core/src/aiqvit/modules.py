@@ -33,6 +33,9 @@ class _QuantLayer(nn.Module):
         self.register_buffer("input_shift", None)
         # orthogonal rotation (and centring) of the input, aiqvit.rotation; applied before input_scale
         self.input_rotation: nn.Module | None = None
+        # learned output shift of the quantized path only (reconstruction.lr_bias); the float path,
+        # whose outputs are the reconstruction targets, keeps ``bias``. freeze() folds it into ``bias``.
+        self.register_parameter("bias_correction", None)
 
     def set_input_transform(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         self.input_scale = scale.clone()
@@ -44,6 +47,17 @@ class _QuantLayer(nn.Module):
             self.bias = nn.Parameter(shift.detach().clone(), requires_grad=False)
         else:
             self.bias.data = self.bias.data + shift
+
+    def enable_bias_correction(self) -> None:
+        """Give the quantized path a trainable output shift, starting at zero."""
+        if self.bias_correction is None:
+            self.bias_correction = nn.Parameter(torch.zeros(self.weight.shape[0], device=self.weight.device,
+                                                            dtype=self.weight.dtype), requires_grad=False)
+
+    def quantized_bias(self) -> torch.Tensor | None:
+        if self.bias_correction is None:
+            return self.bias
+        return self.bias_correction if self.bias is None else self.bias + self.bias_correction
 
     def init_weight_quantizer(self) -> None:
         self.weight_quantizer.calibrate_from(self.merged_weight().detach())
@@ -80,7 +94,7 @@ class _QuantLayer(nn.Module):
             # Quantization off: the original float layer, low-rank branch ignored.
             return self._op(x, self.weight, self.bias)
         x = self.input_quantizer(x)
-        y = self._op(x, self.quantized_weight(), self.bias)
+        y = self._op(x, self.quantized_weight(), self.quantized_bias())
         extra = self._branch_output(x)
         return y if extra is None else y + extra
 
@@ -98,8 +112,11 @@ class _QuantLayer(nn.Module):
 
     @torch.no_grad()
     def freeze(self) -> None:
-        """Fold the branch and store the dequantized weight codes in ``weight``."""
+        """Fold the branch (and the bias correction) and store the dequantized weight codes in ``weight``."""
         self.fold_lowrank()
+        if self.bias_correction is not None:
+            self.add_to_bias(self.bias_correction.detach())
+            self.bias_correction = None
         if not bool(self.weight_is_quantized):
             self.weight.data = self.weight_quantizer.dequantize(self.weight_quantizer.quantize(self.weight.data))
             self.weight_is_quantized.fill_(True)

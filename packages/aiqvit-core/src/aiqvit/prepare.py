@@ -114,6 +114,8 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         else:
             raise AdapterError(f"cannot quantize {name} of type {type(layer).__name__}")
         q.init_weight_quantizer()
+        if config.reconstruct and config.reconstruction.lr_bias > 0:
+            q.enable_bias_correction()
         model.set_submodule(name, q)
         layer_names.append(name)
 

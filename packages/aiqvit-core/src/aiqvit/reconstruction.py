@@ -198,6 +198,8 @@ def _param_groups(unit: nn.Module, cfg: ReconstructionConfig, learn_weight_scale
             wq = m.weight_quantizer
             if learn_weight_scale and isinstance(wq, UniformQuantizer) and not bool(m.weight_is_quantized):
                 add([wq.scale], cfg.lr_weight_scale * float(wq.scale.detach().abs().mean()))
+            if cfg.lr_bias > 0 and m.bias_correction is not None:
+                add([m.bias_correction], cfg.lr_bias * float(m.weight.detach().std()))
     for _, m in unit.named_modules():
         if not isinstance(m, Quantizer) or not m.enabled or id(m) in weight_quantizers:
             continue

@@ -1,0 +1,101 @@
+"""reconstruction.lr_bias: a learned output shift on the quantized path only, folded into the bias at finalize."""
+
+import pytest
+import torch
+from conftest import fast_config
+
+import aiqvit
+from aiqvit.prepare import quant_layers
+from aiqvit.toy import make_outlier_toy
+
+
+def bias_config(lr_bias=0.05):
+    cfg = fast_config("aiqvit")
+    cfg.reconstruction.lr_bias = lr_bias
+    return cfg
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_off_by_default_adds_nothing_to_the_state():
+    model = aiqvit.prepare(make_outlier_toy(seed=0), fast_config("aiqvit"))
+    assert all(layer.bias_correction is None for _, layer in quant_layers(model))
+    assert not [k for k in model.state_dict() if k.endswith("bias_correction")]
+
+
+def test_correction_is_learned_without_moving_the_float_targets(calib_batches, test_inputs):
+    """After the first unit, its corrections are non-zero, yet the model with quantization off is still
+    the float model: later units reconstruct against the true float outputs."""
+    ref = make_outlier_toy(seed=0)
+    with torch.no_grad():
+        expected = ref(test_inputs)
+    model = make_outlier_toy(seed=0)
+    seen = {}
+
+    def check_first_unit(name, index):
+        unit = model.get_submodule(name)
+        seen["max_correction"] = max(float(layer.bias_correction.abs().max()) for _, layer in quant_layers(unit))
+        with aiqvit.quantization_disabled(model), torch.no_grad():
+            seen["float_error"] = float((model(test_inputs) - expected).abs().max())
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        aiqvit.quantize(model, calib_batches, bias_config(), progress_bar=False, on_unit_done=check_first_unit)
+    assert seen["max_correction"] > 0
+    assert seen["float_error"] < 1e-5
+
+
+def test_finalize_folds_the_correction_into_the_bias(calib_batches, test_inputs, tmp_path):
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, bias_config(), progress_bar=False)
+    assert all(layer.bias_correction is None for _, layer in quant_layers(model))
+    plain = make_outlier_toy(seed=0)
+    aiqvit.quantize(plain, calib_batches, fast_config("aiqvit"), progress_bar=False)
+    with torch.no_grad():
+        assert not torch.equal(model(test_inputs), plain(test_inputs))
+    aiqvit.save_quantized(model, tmp_path / "q")
+    loaded = aiqvit.load_quantized(make_outlier_toy(seed=1), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(test_inputs), model(test_inputs))
+
+
+def test_fold_keeps_the_quantized_output():
+    layer = torch.nn.Linear(8, 4)
+    q = aiqvit.QuantLinear(layer, aiqvit.UniformQuantizer(4, per_channel=True, channel_dim=0),
+                           aiqvit.UniformQuantizer(4))
+    q.init_weight_quantizer()
+    x = torch.randn(5, 8, generator=torch.Generator().manual_seed(0))
+    with aiqvit.calibration_mode(q):
+        q(x)
+    q.enable_bias_correction()
+    q.bias_correction.data = torch.tensor([0.5, -1.0, 0.0, 2.0])
+    with torch.no_grad():
+        before = q(x)
+        with aiqvit.quantization_disabled(q):
+            assert torch.allclose(q(x), layer(x))
+        q.freeze()
+        assert q.bias_correction is None
+        assert torch.allclose(q(x), before, atol=1e-6)
+
+
+def test_resume_keeps_the_corrections(tmp_path, calib_batches, test_inputs):
+    full = make_outlier_toy(seed=0)
+    aiqvit.quantize(full, calib_batches, bias_config(), progress_bar=False)
+
+    def stop(name, index):
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, bias_config(), checkpoint_dir=tmp_path,
+                        progress_bar=False, on_unit_done=stop)
+    resumed = make_outlier_toy(seed=0)
+    aiqvit.quantize(resumed, calib_batches, bias_config(), checkpoint_dir=tmp_path, progress_bar=False)
+    with torch.no_grad():
+        assert torch.equal(resumed(test_inputs), full(test_inputs))
+
+
+def test_negative_rate_is_refused():
+    with pytest.raises(aiqvit.AIQViTError, match="lr_bias"):
+        bias_config(-0.1).validate()
