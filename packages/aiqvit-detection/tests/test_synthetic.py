@@ -6,7 +6,7 @@ import pytest
 from pycocotools.coco import COCO
 
 from aiqvit_detection.coco_layout import CocoLayout, DatasetError, check_coco_root
-from aiqvit_detection.synthetic import CATEGORIES, SyntheticSpec, generate_dataset, generate_image
+from aiqvit_detection.synthetic import CATEGORIES, SyntheticSpec, cached_dev_dataset, generate_dataset, generate_image
 
 
 def _digest(root):
@@ -112,3 +112,18 @@ def test_an_image_does_not_depend_on_the_split_sizes():
     a, oa = generate_image(small, "val", 5)
     b, ob = generate_image(big, "val", 5)
     assert np.array_equal(a, b) and oa == ob
+
+
+def test_dev_images_are_held_out_and_read_as_a_val_split(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIQVIT_CACHE", str(tmp_path))
+    spec = SyntheticSpec(seed=0)
+    dev, _ = generate_image(spec, "dev", 3)
+    for split in ("train", "val"):
+        assert not np.array_equal(dev, generate_image(spec, split, 3)[0])
+    root = cached_dev_dataset(4, spec, progress=False)
+    data = check_coco_root(root, "val")
+    assert len(data["images"]) == 4 and data["annotations"]
+    assert json.loads((root / "SPEC.json").read_text())["split"] == "dev"
+    assert cached_dev_dataset(4, spec, progress=False) == root  # cached: not written twice
+    with pytest.raises(ValueError, match="count"):
+        cached_dev_dataset(0, spec)

@@ -34,7 +34,9 @@ CATEGORIES = [
     {"id": 5, "name": "cross", "supercategory": "shape"},
 ]
 CLASS_NAMES = tuple(c["name"] for c in CATEGORIES)
-SPLIT_IDS = {"train": 0, "val": 1}
+# "dev": held-out images from the same generator for choosing settings (benchmarks/detection/dev_probe.py);
+# neither the float detectors' training nor the benchmark's val set sees them
+SPLIT_IDS = {"train": 0, "val": 1, "dev": 2}
 
 
 @dataclass(frozen=True)
@@ -233,16 +235,20 @@ def _visible_ok(placed, i, frame, spec: SyntheticSpec) -> bool:
 
 # --- a whole data set ---------------------------------------------------------------------------
 
-def write_split(root: Path, spec: SyntheticSpec, split: str, count: int, layout: CocoLayout, progress=True) -> Path:
+def write_split(root: Path, spec: SyntheticSpec, split: str, count: int, layout: CocoLayout, progress=True,
+                source: str | None = None) -> Path:
+    """Write ``count`` images as ``split`` of the COCO root; ``source`` (default: ``split``) names the
+    generator split they are drawn from."""
+    source = source or split
     images_dir = layout.image_dir(root, split)
     images_dir.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
     iterator = range(count)
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(iterator, desc=f"synthetic {split}", unit="img")
+        iterator = tqdm(iterator, desc=f"synthetic {source}", unit="img")
     for i in iterator:
-        img, objects = generate_image(spec, split, i)
+        img, objects = generate_image(spec, source, i)
         name = f"{i:06d}.png"
         Image.fromarray(img).save(images_dir / name, optimize=False)
         images.append({"id": i + 1, "file_name": name, "height": spec.image_size, "width": spec.image_size})
@@ -278,4 +284,23 @@ def cached_dataset(spec: SyntheticSpec = SyntheticSpec(), progress: bool = True)
     root = cache_dir() / "detection" / f"synthetic-{spec.key()}"
     if not (root / "SPEC.json").exists():
         generate_dataset(root, spec, progress=progress)
+    return root
+
+
+def cached_dev_dataset(count: int = 150, spec: SyntheticSpec = SyntheticSpec(), progress: bool = True) -> Path:
+    """``count`` held-out "dev" images of ``spec``'s generator under the AIQViT cache, as the ``val`` split
+    of their own COCO root (so every evaluation path reads them unchanged); generated on first use."""
+    from aiqvit.io_utils import atomic_path
+
+    from .paths import cache_dir
+
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    root = cache_dir() / "detection" / f"synthetic-{spec.key()}-dev{count}"
+    if not (root / "SPEC.json").exists():
+        with atomic_path(root) as tmp:
+            tmp.mkdir(parents=True)
+            write_split(tmp, spec, "val", count, CocoLayout(), progress, source="dev")
+            (tmp / "SPEC.json").write_text(json.dumps({"key": spec.key(), "split": "dev", "count": count,
+                                                       **spec.__dict__}, indent=2))
     return root
