@@ -12,26 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
 
 import torch
 
+from aiqvit.config import parse_overrides
+
 MODELS = ("mask-rcnn-swin-t-mini", "cascade-mask-rcnn-swin-t-mini")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["KEY=VALUE", ...]`` into QuantConfig fields (VALUE parsed as JSON when it is JSON)."""
-    out = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def main(argv=None) -> int:

@@ -173,6 +173,17 @@ def test_bits_out_of_range_in_config():
         QuantConfig(a_bits=1)
 
 
+def test_set_options_parse_json_values_and_keep_text():
+    from aiqvit.config import parse_overrides
+
+    assert parse_overrides(["lowrank=off", "reconstruction.iters=7", "center_keys=true", "a=[1, 2]"]) == {
+        "lowrank": "off", "reconstruction.iters": 7, "center_keys": True, "a": [1, 2]}
+    assert parse_overrides(None) == {}
+    for bad in ("lowrank", "=3"):
+        with pytest.raises(aiqvit.AIQViTError, match="KEY=VALUE"):
+            parse_overrides([bad])
+
+
 def test_unknown_method():
     with pytest.raises(aiqvit.AIQViTError, match="method='gptq'"):
         QuantConfig.for_method("gptq")

@@ -263,3 +263,18 @@ METHOD_PRESETS: dict[str, dict] = {
 AIQVIT_PAPER_SETTINGS: dict = dict(channelwise_inputs="post_ln", reparam_strength=1.0,
                                    reconstruction=dict(input_source="fp"), dfq_spacing="uniform", act_init="minmax",
                                    attention_balance="off")
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``["KEY=VALUE", ...]`` (VALUE parsed as JSON when it is JSON, else kept as text): the ``--set``
+    options of the task packages' command lines and benchmark scripts, one flat dict."""
+    out = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise AIQViTError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

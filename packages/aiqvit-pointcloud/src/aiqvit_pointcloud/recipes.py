@@ -16,9 +16,9 @@ A recipe sets the reconstruction and rank-search budget of the methods that reco
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from aiqvit import QuantConfig
+from aiqvit.config import parse_overrides  # noqa: F401  (re-exported: cli, benchmarks)
 from aiqvit.errors import AIQViTError
 
 RECIPES: dict[str, dict[str, dict]] = {
@@ -75,16 +75,3 @@ def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default",
     except TypeError as e:
         raise AIQViTError(f"invalid config override: {e}") from e
 
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """``["KEY=VALUE", ...]`` (VALUE parsed as JSON when it is JSON, else kept as text)."""
-    out = {}
-    for item in items or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise AIQViTError(f"--set expects KEY=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
