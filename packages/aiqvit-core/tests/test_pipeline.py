@@ -227,6 +227,20 @@ def test_presets_are_not_shared_between_configs():
     assert QuantConfig.for_method("brecq").reconstruction.iters != 3
 
 
+def test_nested_overrides_change_only_the_fields_they_name():
+    """``reconstruction={...}`` edits the preset's group: brecq stays BRECQ (no curriculum, quantized
+    inputs) with a longer budget. A config object replaces the group; an unknown key is an error."""
+    brecq = QuantConfig.for_method("brecq", reconstruction={"iters": 7}, search={"candidate_ranks": [4, 8]})
+    assert (brecq.reconstruction.iters, brecq.reconstruction.curriculum, brecq.reconstruction.input_source) == \
+        (7, False, "quant")
+    assert brecq.search.candidate_ranks == (4, 8)
+    assert QuantConfig.for_method("aiqvit", reconstruction={"iters": 7}).reconstruction.input_source == "quant"
+    whole = QuantConfig.for_method("brecq", reconstruction=aiqvit.ReconstructionConfig(iters=7))
+    assert whole.reconstruction.curriculum is True
+    with pytest.raises(aiqvit.AIQViTError, match="unknown reconstruction config keys"):
+        QuantConfig.for_method("aiqvit", reconstruction={"itres": 7})
+
+
 def test_reparameterization_after_reconstruction(calib_batches, test_inputs, tmp_path):
     ref = make_outlier_toy(seed=0)
     model = make_outlier_toy(seed=0)
@@ -332,16 +346,30 @@ def test_network_stage_settings_are_checked():
 
 
 def test_reconstruction_that_ends_worse_keeps_its_starting_point(calib_batches):
+    # float-model inputs: each unit's starting loss then does not depend on how the units before it trained
     cfg = fast_config("aiqvit", lowrank="off", reconstruction=dict(lr_weight_scale=50.0, lr_act_scale=50.0,
-                                                                   lr_dfq=50.0, curriculum=False))
+                                                                   lr_dfq=50.0, curriculum=False, input_source="fp"))
     report = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, cfg, progress_bar=False)
     assert all(after <= before for before, after in report.unit_losses.values())
-    no_training = fast_config("aiqvit", lowrank="off", reconstruction=dict(iters=0))
+    no_training = fast_config("aiqvit", lowrank="off", reconstruction=dict(iters=0, input_source="fp"))
     start = aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, no_training, progress_bar=False)
     restored = [n for n, (b, a) in report.unit_losses.items() if a == b]
     assert restored, "the learning rates above were meant to make at least one unit worse"
     for name in restored:
         assert report.unit_losses[name][1] == pytest.approx(start.unit_losses[name][0], rel=1e-5)
+
+
+def test_network_stage_that_ends_worse_keeps_its_starting_point(calib_batches, test_inputs):
+    """A network stage whose steps raise the loss (here: absurd learning rates) is undone: the model
+    equals the one the unit-wise reconstruction left."""
+    units_only = make_outlier_toy(seed=0)
+    aiqvit.quantize(units_only, calib_batches, fast_config("aiqvit"), progress_bar=False)
+    model = make_outlier_toy(seed=0)
+    cfg = fast_config("aiqvit", reconstruction=dict(network_iters=10, network_lr_scale=500.0))
+    before, after = aiqvit.quantize(model, calib_batches, cfg, progress_bar=False).network_loss
+    assert after == pytest.approx(before, rel=1e-6)
+    with torch.no_grad():
+        assert torch.allclose(model(test_inputs), units_only(test_inputs), atol=1e-6)
 
 
 class _FirstTokenAdapter(ToyAdapter):

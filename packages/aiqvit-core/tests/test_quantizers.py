@@ -154,3 +154,21 @@ def test_config_rejects_unknown_dfq_options():
         QuantConfig(dfq_spacing="cubic")
     with pytest.raises(AIQViTError, match="dfq_init"):
         QuantConfig(dfq_init="max")
+
+
+def test_calibration_mode_tells_weight_quantizers_by_role_not_name():
+    """A layer's weight quantizer keeps its weight-based init; any other quantizer calibrates,
+    whatever its attribute is called."""
+    from aiqvit import QuantLinear
+
+    torch.manual_seed(0)
+    layer = QuantLinear(torch.nn.Linear(8, 4), UniformQuantizer(4, per_channel=True, channel_dim=0), UniformQuantizer(8))
+    layer.init_weight_quantizer()
+    weight_scale = layer.weight_quantizer.scale.detach().clone()
+    model = torch.nn.Sequential(layer)
+    model.extra_weight_quantizer = UniformQuantizer(8)  # a name ending like a weight quantizer's, not one
+    with calibration_mode(model):
+        y = layer(torch.randn(16, 8) * 3)
+        model.extra_weight_quantizer(y)
+    assert bool(layer.input_quantizer.initialized) and bool(model.extra_weight_quantizer.initialized)
+    assert torch.equal(layer.weight_quantizer.scale, weight_scale)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
+from .modules import _QuantLayer
 from .quantizers import Quantizer
 
 
@@ -34,7 +35,11 @@ def calibration_mode(model: nn.Module, only: list[Quantizer] | None = None):
     """Quantizers observe what flows through them (and pass it unchanged); on a clean exit each
     one that saw data initializes its parameters. Weight quantizers are initialized from their
     weights at preparation and are left alone here."""
-    targets = only if only is not None else [q for n, q in quantizers(model) if not n.endswith("weight_quantizer")]
+    if only is None:
+        weights = {id(m.weight_quantizer) for m in model.modules() if isinstance(m, _QuantLayer)}
+        targets = [q for _, q in quantizers(model) if id(q) not in weights]
+    else:
+        targets = only
     saved = [(q, q.enabled) for _, q in quantizers(model)]
     for q, _ in saved:
         q.enabled = False

@@ -199,8 +199,21 @@ class QuantConfig:
 
     @classmethod
     def for_method(cls, method: str, w_bits: int = 4, a_bits: int = 4, **overrides) -> QuantConfig:
+        """The preset of ``method`` with ``overrides``. A dict for ``reconstruction`` or ``search``
+        changes only the fields it names (``reconstruction={"iters": 500}`` keeps brecq's
+        ``curriculum=False``); a ``ReconstructionConfig``/``SearchConfig`` replaces the whole group."""
         _choice("method", method, METHODS)
         preset = copy.deepcopy(METHOD_PRESETS[method])  # presets hold mutable sub-configs
+        for group, default in (("reconstruction", ReconstructionConfig), ("search", SearchConfig)):
+            fields = overrides.get(group)
+            if isinstance(fields, dict):
+                unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(default)})
+                if unknown:
+                    raise AIQViTError(f"unknown {group} config keys: {unknown}")
+                base = preset.get(group, default())
+                if "candidate_ranks" in fields:
+                    fields = dict(fields, candidate_ranks=tuple(fields["candidate_ranks"]))
+                overrides = dict(overrides, **{group: dataclasses.replace(base, **fields)})
         preset.update(overrides)
         return cls(method=method, w_bits=w_bits, a_bits=a_bits, **preset)
 

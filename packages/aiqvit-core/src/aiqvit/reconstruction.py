@@ -398,7 +398,8 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
                         learn_weight_scale: bool = True, show: bool = False) -> tuple[float, float]:
     """Train the parameters of every unit together for ``cfg.network_iters`` steps against the float
     output of the last unit (``targets``, one per batch). Tensor batches are sub-sampled to
-    ``cfg.network_batch_size`` rows per step. Returns the mean per-sample loss before and after."""
+    ``cfg.network_batch_size`` rows per step. If that ends above the starting loss, the starting
+    parameters are restored (as :func:`reconstruct_unit` does). Returns the mean per-sample loss before and after."""
     last = units[-1]
 
     def mean_loss() -> float:
@@ -414,6 +415,8 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
     if not groups or cfg.network_iters <= 0:
         return before, before
     _set_trainable(model, groups)
+    params = [p for g in groups for p in g["params"]]
+    start = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(groups)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.network_iters)
     for _ in progress(range(cfg.network_iters), desc="network", total=cfg.network_iters, enabled=show):
@@ -429,4 +432,10 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
         sched.step()
     for p in model.parameters():
         p.requires_grad_(False)
-    return before, mean_loss()
+    after = mean_loss()
+    if not after <= before:  # training made it worse (or NaN): keep the starting point
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        after = mean_loss()
+    return before, after
