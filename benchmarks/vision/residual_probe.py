@@ -5,7 +5,9 @@ report the dev top-1 that this recovers and the agreement with the float model's
 (Weights are frozen to their codes after calibration, so they are not switched off here;
 ``dev_probe.py --a-bits 8`` measures them.)
 
-    python benchmarks/vision/residual_probe.py --bits 4 --dev-size 500 [--set key=value ...]
+    python benchmarks/vision/residual_probe.py --bits 4 --dev-size 500 [--per-block] [--set key=value ...]
+
+``--per-block``: one group per block (every activation quantizer in it) instead of per third of the depth.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from aiqvit_vision import pipeline
 from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 
-def activation_groups(model) -> dict[str, list[Quantizer]]:
+def activation_groups(model, per_block: bool = False) -> dict[str, list[Quantizer]]:
     out: dict[str, list[Quantizer]] = {}
     for i, block in enumerate(model.blocks):
-        third = f"blocks {4 * (i // 4)}-{4 * (i // 4) + 3}"
+        third = f"block {i}" if per_block else f"blocks {4 * (i // 4)}-{4 * (i // 4) + 3}"
         for role, layer in (("qkv", block.attn.qkv), ("proj", block.attn.proj), ("fc1", block.mlp.fc1),
                             ("fc2", block.mlp.fc2)):
             out.setdefault(f"in:{role}", []).append(layer.input_quantizer)
@@ -40,7 +42,9 @@ def activation_groups(model) -> dict[str, list[Quantizer]]:
 
 
 def main() -> None:
-    args = probe_parser(__doc__, dev_size=500).parse_args()
+    parser = probe_parser(__doc__, dev_size=500)
+    parser.add_argument("--per-block", action="store_true", help="one group per block instead of per third")
+    args = parser.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
     recipe = get_recipe(args.recipe)
     config = build_config(args.method, args.bits, args.bits, recipe, args.seed, parse_overrides(args.set))
@@ -55,7 +59,7 @@ def main() -> None:
 
     base, base_agree = scores()
     print(f"all quantized: {base:.2f}, agreement {base_agree:.2f}%", flush=True)
-    for name, qs in activation_groups(model).items():
+    for name, qs in activation_groups(model, args.per_block).items():
         for q in qs:
             q.enabled = False
         acc, agree = scores()

@@ -9,7 +9,7 @@ installed (``aiqvit_detection.adapter`` raises the import error otherwise).
 
 from __future__ import annotations
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 try:  # register the Swin adapter with the core when mmdet is importable
     from .adapter import SwinDetectorAdapter, SwinDetectorFullAdapter  # noqa: F401
