@@ -17,6 +17,12 @@ def quantizers(model: nn.Module) -> Iterator[tuple[str, Quantizer]]:
             yield name, module
 
 
+def activation_quantizers(model: nn.Module) -> list[Quantizer]:
+    """Every quantizer in ``model`` except the quantized layers' weight quantizers."""
+    weights = {id(m.weight_quantizer) for m in model.modules() if isinstance(m, _QuantLayer)}
+    return [q for _, q in quantizers(model) if id(q) not in weights]
+
+
 @contextlib.contextmanager
 def quantization_disabled(model: nn.Module):
     """Every quantizer is the identity inside the block: the model computes in full precision."""
@@ -35,11 +41,7 @@ def calibration_mode(model: nn.Module, only: list[Quantizer] | None = None):
     """Quantizers observe what flows through them (and pass it unchanged); on a clean exit each
     one that saw data initializes its parameters. Weight quantizers are initialized from their
     weights at preparation and are left alone here."""
-    if only is None:
-        weights = {id(m.weight_quantizer) for m in model.modules() if isinstance(m, _QuantLayer)}
-        targets = [q for _, q in quantizers(model) if id(q) not in weights]
-    else:
-        targets = only
+    targets = only if only is not None else activation_quantizers(model)
     saved = [(q, q.enabled) for _, q in quantizers(model)]
     for q, _ in saved:
         q.enabled = False

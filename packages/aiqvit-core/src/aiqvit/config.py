@@ -85,6 +85,9 @@ class SearchConfig:
     branch_inside_quantizer: bool = False  # OPEN: METHOD.md writes the branches outside Q_w during search
     keep_searched_weights: bool = True
 
+    def __post_init__(self):
+        self.candidate_ranks = tuple(self.candidate_ranks)
+
 
 @dataclass
 class QuantConfig:
@@ -143,9 +146,7 @@ class QuantConfig:
         if isinstance(self.reconstruction, dict):
             self.reconstruction = ReconstructionConfig(**self.reconstruction)
         if isinstance(self.search, dict):
-            s = dict(self.search)
-            s["candidate_ranks"] = tuple(s.get("candidate_ranks", DEFAULT_CANDIDATE_RANKS))
-            self.search = SearchConfig(**s)
+            self.search = SearchConfig(**self.search)
         self.validate()
 
     def validate(self) -> None:
@@ -211,8 +212,6 @@ class QuantConfig:
                 if unknown:
                     raise AIQViTError(f"unknown {group} config keys: {unknown}")
                 base = preset.get(group, default())
-                if "candidate_ranks" in fields:
-                    fields = dict(fields, candidate_ranks=tuple(fields["candidate_ranks"]))
                 overrides = dict(overrides, **{group: dataclasses.replace(base, **fields)})
         preset.update(overrides)
         return cls(method=method, w_bits=w_bits, a_bits=a_bits, **preset)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter
+from .calibration import activation_quantizers
 from .config import ReconstructionConfig, SearchConfig
 from .errors import AdapterError
 from .lowrank import RankSearchBranch, cap_ranks
@@ -212,10 +213,17 @@ def _param_groups(unit: nn.Module, cfg: ReconstructionConfig, learn_weight_scale
     return groups
 
 
-def activation_quantizers(unit: nn.Module) -> list[Quantizer]:
-    """Every quantizer in ``unit`` except the layers' weight quantizers."""
-    weights = {id(m.weight_quantizer) for m in unit.modules() if isinstance(m, _QuantLayer)}
-    return [m for m in unit.modules() if isinstance(m, Quantizer) and id(m) not in weights]
+def _restore_if_worse(params: list[torch.Tensor], start: list[torch.Tensor], before: float,
+                      mean_loss: Callable[[], float]) -> float:
+    """The loss after training; if it is not below ``before`` (or is NaN), ``params`` go back to ``start``
+    first."""
+    after = mean_loss()
+    if not after <= before:
+        with torch.no_grad():
+            for p, p0 in zip(params, start):
+                p.copy_(p0)
+        after = mean_loss()
+    return after
 
 
 def _set_trainable(unit: nn.Module, groups: list[dict]) -> None:
@@ -266,13 +274,7 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
         sched.step()
     for p in params:
         p.requires_grad_(False)
-    after = float(_eval_all_losses(unit, data).mean())
-    if not after <= before:  # training made it worse (or NaN): keep the starting point
-        with torch.no_grad():
-            for p, p0 in zip(params, start):
-                p.copy_(p0)
-        after = float(_eval_all_losses(unit, data).mean())
-    return before, after
+    return before, _restore_if_worse(params, start, before, lambda: float(_eval_all_losses(unit, data).mean()))
 
 
 def search_unit_ranks(unit: nn.Module, data: UnitData, cfg: SearchConfig, generator: torch.Generator,
@@ -432,10 +434,4 @@ def reconstruct_network(model: nn.Module, adapter: ModelAdapter, units: list[nn.
         sched.step()
     for p in model.parameters():
         p.requires_grad_(False)
-    after = mean_loss()
-    if not after <= before:  # training made it worse (or NaN): keep the starting point
-        with torch.no_grad():
-            for p, p0 in zip(params, start):
-                p.copy_(p0)
-        after = mean_loss()
-    return before, after
+    return before, _restore_if_worse(params, start, before, mean_loss)
