@@ -13,12 +13,11 @@ left alone.
 from __future__ import annotations
 
 import torch
-from dev_probe import held_out_setup, predictions, probe_parser
+from dev_probe import dev_scores, held_out_setup, probe_parser, quantize_held_out
 
 from aiqvit.modules import QuantLinear
-from aiqvit_vision import pipeline, tasks
+from aiqvit_vision import tasks
 from aiqvit_vision.data import calibration_batches
-from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 
 @torch.no_grad()
@@ -50,15 +49,12 @@ def main() -> None:
     args = p.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
     float_model = tasks.get_task(args.task).build().eval()
-    recipe = get_recipe(args.recipe)
-    config = build_config(args.method, args.bits, args.a_bits or args.bits, recipe, args.seed, parse_overrides(args.set))
-    pipeline.quantize_model(model, train, config, recipe, progress=False)
+    recipe, _, _ = quantize_held_out(args, train, model, args.a_bits)
     batches = calibration_batches(train, recipe.calib_images, recipe.calib_batch, args.seed)
 
     def score(tag: str) -> None:
-        pred, _ = predictions(model, dev)
-        print(f"{tag}: dev top-1 {float((pred == labels).float().mean() * 100):.2f}, "
-              f"agreement {float((pred == fp_pred).float().mean() * 100):.2f}%", flush=True)
+        top1, agreement = dev_scores(model, dev, fp_pred, labels)
+        print(f"{tag}: dev top-1 {top1:.2f}, agreement {agreement:.2f}%", flush=True)
 
     balanced = {id(m.attn.qkv) for m in model.modules() if hasattr(m, "attn") and hasattr(m.attn, "qkv")}
     names = [n for n, m in model.named_modules() if isinstance(m, QuantLinear) and m.bias is not None and id(m) not in balanced]

@@ -10,13 +10,11 @@ on the patch rows only. Prints dev top-1 and agreement with the float model befo
 from __future__ import annotations
 
 import torch
-from dev_probe import held_out_setup, predictions, probe_parser
+from dev_probe import dev_scores, held_out_setup, probe_parser, quantize_held_out
 
 import aiqvit
 from aiqvit.quantizers import UniformQuantizer
-from aiqvit_vision import pipeline
 from aiqvit_vision.data import calibration_batches
-from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 
 class ClassTokenSplit(torch.nn.Module):
@@ -41,15 +39,12 @@ def main() -> None:
     p.add_argument("--recalibrate-patches", action="store_true")
     args = p.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
-    recipe = get_recipe(args.recipe)
-    config = build_config(args.method, args.bits, args.a_bits or args.bits, recipe, args.seed, parse_overrides(args.set))
-    pipeline.quantize_model(model, train, config, recipe, progress=False)
+    recipe, config, _ = quantize_held_out(args, train, model, args.a_bits)
     batches = calibration_batches(train, recipe.calib_images, recipe.calib_batch, args.seed)
 
     def score(tag: str) -> None:
-        pred, _ = predictions(model, dev)
-        print(f"{tag}: dev top-1 {float((pred == labels).float().mean() * 100):.2f}, "
-              f"agreement {float((pred == fp_pred).float().mean() * 100):.2f}%", flush=True)
+        top1, agreement = dev_scores(model, dev, fp_pred, labels)
+        print(f"{tag}: dev top-1 {top1:.2f}, agreement {agreement:.2f}%", flush=True)
 
     print(f"{args.method} W{args.bits}A{args.a_bits or args.bits} {args.set}", flush=True)
     score("one scale per tensor")

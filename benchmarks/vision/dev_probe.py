@@ -58,6 +58,21 @@ def held_out_setup(args):
     return train, dev, model, fp_pred, labels
 
 
+def dev_scores(model, dev, fp_pred: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """``(top-1 on dev, agreement with the float model's predictions fp_pred)``, in percent."""
+    pred, _ = predictions(model, dev)
+    return float((pred == labels).float().mean() * 100), float((pred == fp_pred).float().mean() * 100)
+
+
+def quantize_held_out(args, train, model, a_bits: int | None = None, **pipeline_options):
+    """Quantize ``model`` in place with the method, bits (activations: ``a_bits``, default ``args.bits``),
+    recipe, seed and ``--set`` overrides of ``args``, calibrating on ``train``; ``(recipe, config, report)``."""
+    recipe = get_recipe(args.recipe)
+    config = build_config(args.method, args.bits, a_bits or args.bits, recipe, args.seed, parse_overrides(args.set))
+    report, _ = pipeline.quantize_model(model, train, config, recipe, progress=False, **pipeline_options)
+    return recipe, config, report
+
+
 def main() -> None:
     p = probe_parser(__doc__, dev_size=1000)
     p.add_argument("--a-bits", type=int, default=None, help="activation bits (default: --bits)")
@@ -67,22 +82,17 @@ def main() -> None:
                         "embed_unit=true")
     args = p.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
-    recipe = get_recipe(args.recipe)
     a_bits = args.a_bits or args.bits
-    config = build_config(args.method, args.bits, a_bits, recipe, args.seed, parse_overrides(args.set))
-    start = time.time()
     family = type(aiqvit.find_adapter(model))
     try:
         adapter = family(**parse_overrides(args.adapter))
     except TypeError as e:
         raise SystemExit(f"--adapter {args.adapter}: not an option of {family.__name__} ({e})") from e
-    report, _ = pipeline.quantize_model(model, train, config, recipe, calib_images=args.calib_images, progress=False,
-                                        adapter=adapter)
+    start = time.time()
+    recipe, _, report = quantize_held_out(args, train, model, a_bits, calib_images=args.calib_images, adapter=adapter)
     seconds = time.time() - start
-    q_pred, _ = predictions(model, dev)
     fp_acc = float((fp_pred == labels).float().mean() * 100)
-    q_acc = float((q_pred == labels).float().mean() * 100)
-    agree = float((q_pred == fp_pred).float().mean() * 100)
+    q_acc, agree = dev_scores(model, dev, fp_pred, labels)
     strengths = sorted(set(report.reparam_strengths.values())) if report.reparam_strengths else []
     calib = args.calib_images or recipe.calib_images
     print(f"{args.task} {args.method} W{args.bits}A{a_bits} {args.recipe} calib={calib} seed={args.seed} {args.set}"

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import time
 
-from dev_probe import held_out_setup, predictions, probe_parser
+from dev_probe import dev_scores, held_out_setup, probe_parser, quantize_held_out
 
 from aiqvit.modules import AttentionQuantizers
 from aiqvit.quantizers import Quantizer
-from aiqvit_vision import pipeline
-from aiqvit_vision.recipes import build_config, get_recipe, parse_overrides
 
 
 def activation_groups(model, per_block: bool = False) -> dict[str, list[Quantizer]]:
@@ -46,16 +44,13 @@ def main() -> None:
     parser.add_argument("--per-block", action="store_true", help="one group per block instead of per third")
     args = parser.parse_args()
     train, dev, model, fp_pred, labels = held_out_setup(args)
-    recipe = get_recipe(args.recipe)
-    config = build_config(args.method, args.bits, args.bits, recipe, args.seed, parse_overrides(args.set))
     start = time.time()
-    pipeline.quantize_model(model, train, config, recipe, progress=False)
+    quantize_held_out(args, train, model)
     print(f"calibrated in {time.time() - start:.0f}s; FP {float((fp_pred == labels).float().mean() * 100):.2f}",
           flush=True)
 
     def scores() -> tuple[float, float]:
-        pred, _ = predictions(model, dev)
-        return float((pred == labels).float().mean() * 100), float((pred == fp_pred).float().mean() * 100)
+        return dev_scores(model, dev, fp_pred, labels)
 
     base, base_agree = scores()
     print(f"all quantized: {base:.2f}, agreement {base_agree:.2f}%", flush=True)
