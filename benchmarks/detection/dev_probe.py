@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="QuantConfig field (top-level fields only, e.g. attention_balance=off)")
+                   help="QuantConfig field, e.g. attention_balance=off or reconstruction.input_source=fp")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 

@@ -65,7 +65,7 @@ def test_gptq_needs_reconstruction_before_any_fold():
     with pytest.raises(aiqvit.AIQViTError, match="gptq"):
         QuantConfig(weight_rounding="gptq", reparam="after")
     with pytest.raises(aiqvit.AIQViTError, match="weight_rounding"):
-        QuantConfig(weight_rounding="adaround")
+        QuantConfig(weight_rounding="stochastic")
 
 
 def test_gptq_lowers_the_unit_error_before_reconstruction(calib_batches):

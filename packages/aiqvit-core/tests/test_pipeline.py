@@ -241,6 +241,18 @@ def test_nested_overrides_change_only_the_fields_they_name():
         QuantConfig.for_method("aiqvit", reconstruction={"itres": 7})
 
 
+def test_for_method_takes_dotted_keys_and_names_unknown_ones():
+    cfg = QuantConfig.for_method("brecq", **{"reconstruction.iters": 7, "search.iters": 3, "lowrank": "fixed"})
+    assert (cfg.reconstruction.iters, cfg.search.iters, cfg.lowrank) == (7, 3, "fixed")
+    assert cfg.reconstruction.curriculum is False  # the rest of brecq's group stays
+    both = QuantConfig.for_method("aiqvit", reconstruction={"iters": 7}, **{"reconstruction.batch_size": 4})
+    assert (both.reconstruction.iters, both.reconstruction.batch_size) == (7, 4)
+    for bad, match in (({"lowrnak": "off"}, "lowrnak"), ({"recon.iters": 3}, "dotted"),
+                       ({"reconstruction.itres": 3}, "itres")):
+        with pytest.raises(aiqvit.AIQViTError, match=match):
+            QuantConfig.for_method("aiqvit", **bad)
+
+
 def test_reparameterization_after_reconstruction(calib_batches, test_inputs, tmp_path):
     ref = make_outlier_toy(seed=0)
     model = make_outlier_toy(seed=0)

@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter, find_adapter
+from .adaround import AdaRound
 from .balancing import balance_attention
 from .calibration import calibration_mode, quantization_disabled
 from .centering import center_attention_keys
 from .config import QuantConfig
-from .errors import AdapterError, CalibrationDataError, CheckpointError
+from .errors import AdapterError, AIQViTError, CalibrationDataError, CheckpointError
 from .gptq import gptq_unit
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
@@ -246,6 +247,9 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
         report.reparam_strengths = apply_reparameterization(model)
 
     if config.reconstruct:
+        if checkpoint_dir and config.weight_rounding == "adaround":
+            raise AIQViTError("weight_rounding='adaround' keeps its learned rounding in memory until the end: "
+                              "it cannot be combined with checkpoint_dir (resumable calibration)")
         ckpt = _Checkpoint(checkpoint_dir, config, data_fingerprint(batches)) if checkpoint_dir else None
         saved = ckpt.load() if ckpt else None
         done: list[str] = []
@@ -318,7 +322,12 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         else:
             chosen = {}
         report.ranks.update({f"{name}.{k}" if k else name: v for k, v in chosen.items()})
-        losses = reconstruct_unit(unit, data, rc, gen, config.learn_weight_scale, desc=f"{tag} reconstruct", show=show)
+        rounding = (AdaRound(unit, config.adaround_reg, config.adaround_lr, config.adaround_learn_scale)
+                    if config.weight_rounding == "adaround" else None)
+        losses = reconstruct_unit(unit, data, rc, gen, config.learn_weight_scale, desc=f"{tag} reconstruct", show=show,
+                                  rounding=rounding)
+        if rounding is not None:
+            rounding.finish()
         report.unit_losses[name] = losses
         done.append(name)
         if ckpt is not None:

@@ -20,7 +20,7 @@ from .rotation import ROTATION_SCOPES
 METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
 LOWRANK_MODES = ("off", "fixed", "search")
 REPARAM_MODES = ("off", "before", "after")
-WEIGHT_ROUNDINGS = ("nearest", "gptq")
+WEIGHT_ROUNDINGS = ("nearest", "gptq", "adaround")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
 LOGITS_LOSSES = ("l2", "kl")
@@ -130,9 +130,16 @@ class QuantConfig:
     input_rotation: str = "off"
     # how weights pick their levels: "nearest" (rounding to the nearest level, the paper) or "gptq"
     # (Hessian-aware rounding on the same grid from each unit's calibration inputs, aiqvit.gptq; ours,
-    # docs/METHOD-NOTES.md), before the rank search and reconstruction of each unit
+    # docs/METHOD-NOTES.md), before the rank search and reconstruction of each unit, or "adaround"
+    # (rounding learned by each unit's reconstruction loss, aiqvit.adaround, as BRECQ does; ours); with
+    # "adaround" the weight step sizes stay at their init (as in BRECQ)
     weight_rounding: str = "nearest"
     gptq_damp: float = 0.01
+    # AdaRound: the regularizer's weight relative to the unit's starting loss, and the rounding
+    # variables' Adam learning rate
+    adaround_reg: float = 10.0
+    adaround_lr: float = 0.05
+    adaround_learn_scale: bool = False  # also train the weight step sizes (when learn_weight_scale)
     lowrank: str = "search"
     lowrank_rank: int = 20
     reconstruct: bool = True
@@ -171,6 +178,13 @@ class QuantConfig:
         if self.weight_rounding == "gptq" and (not self.reconstruct or self.reparam == "after"):
             raise AIQViTError("weight_rounding='gptq' runs per unit before reconstruction: it needs reconstruct=True "
                               "and reparam 'before' or 'off' (a later fold would re-round the weights)")
+        if self.weight_rounding == "adaround" and (not self.reconstruct or self.reparam == "after"
+                                                    or self.reconstruction.network_iters > 0):
+            raise AIQViTError("weight_rounding='adaround' learns the rounding per unit during reconstruction: it needs "
+                              "reconstruct=True, reparam 'before' or 'off' and reconstruction.network_iters=0 (a later "
+                              "fold or step-size change would re-round the weights)")
+        if not self.adaround_reg >= 0 or not self.adaround_lr > 0:
+            raise AIQViTError(f"adaround_reg must be >= 0 and adaround_lr > 0, got {self.adaround_reg}, {self.adaround_lr}")
         if not self.gptq_damp > 0:
             raise AIQViTError(f"gptq_damp must be > 0, got {self.gptq_damp}")
         self.reparam_strength_grid = tuple(float(a) for a in self.reparam_strength_grid)
@@ -202,9 +216,23 @@ class QuantConfig:
     def for_method(cls, method: str, w_bits: int = 4, a_bits: int = 4, **overrides) -> QuantConfig:
         """The preset of ``method`` with ``overrides``. A dict for ``reconstruction`` or ``search``
         changes only the fields it names (``reconstruction={"iters": 500}`` keeps brecq's
-        ``curriculum=False``); a ``ReconstructionConfig``/``SearchConfig`` replaces the whole group."""
+        ``curriculum=False``); a ``ReconstructionConfig``/``SearchConfig`` replaces the whole group. Dotted
+        keys name one field of a group (``**{"reconstruction.iters": 500}``, as ``parse_overrides`` returns
+        them). An unknown key is an :class:`AIQViTError`."""
         _choice("method", method, METHODS)
         preset = copy.deepcopy(METHOD_PRESETS[method])  # presets hold mutable sub-configs
+        overrides = dict(overrides)
+        for key in [k for k in overrides if "." in k]:
+            group, _, name = key.partition(".")
+            if group not in ("reconstruction", "search") or not name:
+                raise AIQViTError(f"config override {key!r}: dotted keys are reconstruction.<field> or search.<field>")
+            fields = overrides.setdefault(group, {})
+            if not isinstance(fields, dict):
+                raise AIQViTError(f"config override {key!r} cannot be combined with a whole {group} config")
+            fields[name] = overrides.pop(key)
+        unknown = sorted(set(overrides) - ({f.name for f in dataclasses.fields(cls)} - {"method", "w_bits", "a_bits"}))
+        if unknown:
+            raise AIQViTError(f"unknown config keys: {unknown}")
         for group, default in (("reconstruction", ReconstructionConfig), ("search", SearchConfig)):
             fields = overrides.get(group)
             if isinstance(fields, dict):

@@ -120,6 +120,8 @@ class _QuantLayer(nn.Module):
         if not bool(self.weight_is_quantized):
             self.weight.data = self.weight_quantizer.dequantize(self.weight_quantizer.quantize(self.weight.data))
             self.weight_is_quantized.fill_(True)
+            if getattr(self.weight_quantizer, "rounding_offset", None) is not None:
+                self.weight_quantizer.rounding_offset = None  # now in the stored codes
 
     def attach_lowrank(self, branch: LowRankBranch | RankSearchBranch, inside_quantizer: bool = True) -> None:
         self.lowrank = branch

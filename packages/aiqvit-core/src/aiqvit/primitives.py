@@ -39,6 +39,25 @@ def fake_quantize_affine(x: torch.Tensor, scale: torch.Tensor, zero_point: torch
     return (q - zero_point) * scale
 
 
+ADAROUND_ZETA, ADAROUND_GAMMA = 1.1, -0.1
+
+
+def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
+    """AdaRound's ``h(V) = clamp(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``."""
+    return torch.clamp(torch.sigmoid(v) * (ADAROUND_ZETA - ADAROUND_GAMMA) + ADAROUND_GAMMA, 0.0, 1.0)
+
+
+def fake_quantize_floor_offset(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
+                               offset: torch.Tensor) -> torch.Tensor:
+    """Codes ``clamp(floor(x / s) + offset + z, 0, 2^k - 1)``, dequantized: ``offset`` in [0, 1] chooses
+    between the two neighbouring levels (learned rounding). Gradients reach ``offset``, and ``x``
+    through a straight-through floor."""
+    qmin, qmax = qrange(bits)
+    xs = x / scale
+    q = torch.clamp(xs + (torch.floor(xs) - xs).detach() + offset + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
 def affine_params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int, eps: float = 1e-8):
     """Asymmetric scale and integer zero-point that map ``[lo, hi]`` (widened to hold 0) onto the codes."""
     lo = torch.minimum(lo, torch.zeros_like(lo))

@@ -93,6 +93,11 @@ class UniformQuantizer(Quantizer):
         self._lo = self._hi = None
         self._samples: list[torch.Tensor] = []
         self._generator = torch.Generator().manual_seed(seed)
+        # learned rounding (aiqvit.adaround): per-element variables while a unit trains (``rounding``),
+        # then the chosen 0/1 offsets above ``floor(w / s)`` until the weights are frozen (``rounding_offset``)
+        self.register_parameter("rounding", None)
+        self.rounding_hard = False
+        self.register_buffer("rounding_offset", None, persistent=False)
         # rows of observed inputs kept past calibration (for the reparameterization strength search)
         self.keep_rows = 0
         self.kept_rows: torch.Tensor | None = None
@@ -196,10 +201,24 @@ class UniformQuantizer(Quantizer):
     # -- quantization -----------------------------------------------------------------------
     def fake_quantize(self, x: torch.Tensor) -> torch.Tensor:
         scale = self.scale.abs().clamp(min=1e-8)
+        offset = self._rounding_offset(x.dtype)
+        if offset is not None:
+            return P.fake_quantize_floor_offset(x, scale.to(x.dtype), self.zero_point.to(x.dtype), self.bits, offset)
         return P.fake_quantize_affine(x, scale.to(x.dtype), self.zero_point.to(x.dtype), self.bits)
 
+    def _rounding_offset(self, dtype: torch.dtype) -> torch.Tensor | None:
+        if self.rounding is not None:
+            v = self.rounding
+            return (v >= 0).to(dtype) if self.rounding_hard else P.rectified_sigmoid(v).to(dtype)
+        return None if self.rounding_offset is None else self.rounding_offset.to(dtype)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        """Integer codes of ``x`` under the current parameters."""
+        """Integer codes of ``x`` under the current parameters (and learned rounding, if any)."""
+        offset = self._rounding_offset(x.dtype)
+        if offset is not None:
+            scale = self.scale.detach().abs().clamp(min=1e-8)
+            qmin, qmax = P.qrange(self.bits)
+            return torch.clamp(torch.floor(x / scale) + offset + self.zero_point, qmin, qmax).to(torch.int32)
         return P.quantize_affine(x, self.scale.detach().abs().clamp(min=1e-8), self.zero_point, self.bits)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .adapters import ModelAdapter
+from .adaround import AdaRound
 from .calibration import activation_quantizers
 from .config import ReconstructionConfig, SearchConfig
 from .errors import AdapterError
@@ -235,20 +236,32 @@ def _set_trainable(unit: nn.Module, groups: list[dict]) -> None:
 
 
 def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig, generator: torch.Generator,
-                     learn_weight_scale: bool = True, desc: str = "", show: bool = False) -> tuple[float, float]:
+                     learn_weight_scale: bool = True, desc: str = "", show: bool = False,
+                     rounding: AdaRound | None = None) -> tuple[float, float]:
     """Optimize the unit's learnable quantization parameters against its full-precision outputs; if that
     ends above the starting loss, the starting parameters are restored. Returns the mean per-sample loss
-    before and after."""
+    before and after. ``rounding``: learn the weight rounding too (AdaRound; the weight step sizes stay
+    fixed unless ``rounding.learn_scale``); the loss after is that of the hard rounding, left attached
+    for :meth:`AdaRound.finish`."""
     unit.eval()
     before = float(_eval_all_losses(unit, data).mean())
-    groups = _param_groups(unit, cfg, learn_weight_scale)
-    if not groups or cfg.iters <= 0:
+    if cfg.iters <= 0:
         return before, before
-    _set_trainable(unit, groups)
-    params = [p for g in groups for p in g["params"]]
+    if rounding is not None:
+        learn_weight_scale = learn_weight_scale and rounding.learn_scale
+        rounding.attach()
+    groups = _param_groups(unit, cfg, learn_weight_scale)
+    # the rounding variables keep a constant learning rate (as in AdaRound): the regularizer that makes
+    # them binary is strongest at the end, where a cosine schedule would have stopped them
+    rounding_groups = rounding.param_groups() if rounding is not None else []
+    if not groups and not rounding_groups:
+        return before, before
+    _set_trainable(unit, groups + rounding_groups)
+    params = [p for g in groups + rounding_groups for p in g["params"]]
     start = [p.detach().clone() for p in params]
-    opt = torch.optim.Adam(groups)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters)
+    opt = torch.optim.Adam(groups) if groups else None
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters) if opt is not None else None
+    opt_rounding = torch.optim.Adam(rounding_groups) if rounding_groups else None
     n = len(data)
     bs = min(cfg.batch_size, n)
     order = torch.arange(n)
@@ -268,12 +281,22 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
         finally:
             for q in dropping:
                 q.drop_prob = 0.0
-        opt.zero_grad(set_to_none=True)
+        penalty = rounding.penalty(t, cfg.iters) if rounding is not None else None
+        if penalty is not None:
+            loss = loss + before * penalty
+        for o in (opt, opt_rounding):
+            if o is not None:
+                o.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-        sched.step()
+        for o in (opt, opt_rounding):
+            if o is not None:
+                o.step()
+        if sched is not None:
+            sched.step()
     for p in params:
         p.requires_grad_(False)
+    if rounding is not None:
+        rounding.harden()
     return before, _restore_if_worse(params, start, before, lambda: float(_eval_all_losses(unit, data).mean()))
 
 

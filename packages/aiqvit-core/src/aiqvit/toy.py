@@ -137,3 +137,39 @@ def make_outlier_toy(seed: int = 0, **kwargs) -> ToyViT:
             idx = torch.randperm(b.fc1.out_features, generator=g)[:4]
             b.fc1.weight[idx] *= 6
     return model.eval()
+
+
+class SingleLayerUnit(nn.Module):
+    """One quantized layer as a reconstruction unit."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+def make_weight_rounding_toy(w_bits: int = 3, seed: int = 0, samples: int = 256, batch: int = 32):
+    """A weights-only rounding problem (for learned-rounding tests and probes): a 32 -> 24 Linear with
+    ``w_bits`` per-channel min-max weights and float inputs, on correlated inputs. Returns
+    ``(unit, unit_data, inputs, float_linear)``; ``unit_data`` pairs the inputs with the float outputs."""
+    from .modules import QuantLinear
+    from .quantizers import UniformQuantizer
+    from .reconstruction import build_unit_data
+
+    g = torch.Generator().manual_seed(seed)
+    linear = nn.Linear(32, 24)
+    with torch.no_grad():
+        linear.weight.copy_(torch.randn(24, 32, generator=g))
+    weight_quantizer = UniformQuantizer(w_bits, per_channel=True, channel_dim=0, init="minmax")
+    weight_quantizer.calibrate_from(linear.weight.detach())
+    input_quantizer = UniformQuantizer(8)
+    input_quantizer.enabled = False
+    unit = SingleLayerUnit(QuantLinear(linear, weight_quantizer, input_quantizer))
+    mix = torch.randn(32, 32, generator=g) / 32 ** 0.5 + torch.eye(32)
+    x = torch.randn(samples, 32, generator=g) @ mix
+    with torch.no_grad():
+        records = [[(xb,), {}, None] for xb in x.split(batch)]
+        targets = [[None, None, linear(xb)] for xb in x.split(batch)]
+    return unit, build_unit_data(records, targets), x, linear
