@@ -5,6 +5,7 @@ import torch
 
 import aiqvit
 from aiqvit import QuantConfig
+from aiqvit.quantizers import UniformQuantizer
 from aiqvit.toy import make_outlier_toy
 
 torch.set_num_threads(1)
@@ -19,6 +20,13 @@ def calib_batches():
 @pytest.fixture
 def test_inputs():
     return torch.randn(32, 3, 16, 16, generator=torch.Generator().manual_seed(7))
+
+
+def weight_grid(weight, bits=4):
+    """A per-output-channel min-max weight quantizer calibrated on ``weight``."""
+    q = UniformQuantizer(bits, per_channel=True, channel_dim=0, init="minmax")
+    q.calibrate_from(weight)
+    return q
 
 
 def fast_config(method="aiqvit", bits=4, **overrides):

@@ -1,25 +1,18 @@
 import pytest
 import torch
-from conftest import fast_config
+from conftest import fast_config, weight_grid
 
 import aiqvit
 from aiqvit import QuantConfig
 from aiqvit import primitives as P
 from aiqvit.adaround import AdaRound, annealed_beta, inverse_rectified_sigmoid, rounding_penalty
-from aiqvit.quantizers import UniformQuantizer
 from aiqvit.reconstruction import reconstruct_unit
 from aiqvit.toy import make_outlier_toy, make_weight_rounding_toy
 
 
-def _grid(weight, bits):
-    q = UniformQuantizer(bits, per_channel=True, channel_dim=0, init="minmax")
-    q.calibrate_from(weight)
-    return q
-
-
 def test_floor_offset_interpolates_between_the_neighbouring_levels():
     w = torch.randn(6, 10, generator=torch.Generator().manual_seed(0))
-    q = _grid(w, 4)
+    q = weight_grid(w, 4)
     s, z = q.scale.detach(), q.zero_point
     frac = w / s - torch.floor(w / s)
     inside = 0.8 * w  # the grid's zero point is rounded, so its ends may clip the extreme weights

@@ -1,18 +1,11 @@
 import pytest
 import torch
-from conftest import fast_config
+from conftest import fast_config, weight_grid
 
 import aiqvit
 from aiqvit import QuantConfig
 from aiqvit.gptq import gptq_round
-from aiqvit.quantizers import UniformQuantizer
 from aiqvit.toy import make_outlier_toy
-
-
-def _grid(weight, bits=4):
-    q = UniformQuantizer(bits, per_channel=True, channel_dim=0, init="minmax")
-    q.calibrate_from(weight)
-    return q
 
 
 def _correlated_inputs(n=512, d=32, seed=0):
@@ -23,14 +16,14 @@ def _correlated_inputs(n=512, d=32, seed=0):
 
 def test_uncorrelated_inputs_give_nearest_rounding():
     w = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
-    q = _grid(w)
+    q = weight_grid(w)
     assert torch.allclose(gptq_round(w, torch.eye(16) * 3.0, q), q(w), atol=1e-6)
 
 
 def test_levels_lie_on_the_grid_and_beat_nearest_on_the_layer_output():
     x = _correlated_inputs()
     w = torch.randn(24, 32, generator=torch.Generator().manual_seed(2))
-    q = _grid(w, bits=3)
+    q = weight_grid(w, bits=3)
     levels = gptq_round(w, x.T @ x, q)
     assert torch.allclose(q(levels), levels, atol=1e-6)
     err_gptq = float((x @ (levels - w).T).pow(2).sum())
@@ -42,10 +35,10 @@ def test_dead_inputs_and_bad_shapes():
     x = _correlated_inputs(d=8)
     x[:, 3] = 0
     w = torch.randn(4, 8, generator=torch.Generator().manual_seed(3))
-    levels = gptq_round(w, x.T @ x, _grid(w))
+    levels = gptq_round(w, x.T @ x, weight_grid(w))
     assert torch.isfinite(levels).all()
     with pytest.raises(ValueError, match="gram"):
-        gptq_round(w, torch.eye(5), _grid(w))
+        gptq_round(w, torch.eye(5), weight_grid(w))
 
 
 def test_pipeline_with_gptq_is_seeded(calib_batches, test_inputs):

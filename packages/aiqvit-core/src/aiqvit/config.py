@@ -132,7 +132,7 @@ class QuantConfig:
     # (Hessian-aware rounding on the same grid from each unit's calibration inputs, aiqvit.gptq; ours,
     # docs/METHOD-NOTES.md), before the rank search and reconstruction of each unit, or "adaround"
     # (rounding learned by each unit's reconstruction loss, aiqvit.adaround, as BRECQ does; ours); with
-    # "adaround" the weight step sizes stay at their init (as in BRECQ)
+    # "adaround" the weight step sizes stay at their init (as in BRECQ) unless adaround_learn_scale
     weight_rounding: str = "nearest"
     gptq_damp: float = 0.01
     # AdaRound: the regularizer's weight relative to the unit's starting loss, and the rounding

@@ -47,6 +47,14 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
     return torch.clamp(torch.sigmoid(v) * (ADAROUND_ZETA - ADAROUND_GAMMA) + ADAROUND_GAMMA, 0.0, 1.0)
 
 
+def quantize_floor_offset(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
+                          offset: torch.Tensor) -> torch.Tensor:
+    """Integer codes ``clamp(floor(x / s) + offset + z, 0, 2^k - 1)``: ``offset`` (0 or 1) picks the level
+    below or above ``x`` (learned rounding; :func:`quantize_affine` rounds to the nearest)."""
+    qmin, qmax = qrange(bits)
+    return torch.clamp(torch.floor(x / scale) + offset + zero_point, qmin, qmax).to(torch.int32)
+
+
 def fake_quantize_floor_offset(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int,
                                offset: torch.Tensor) -> torch.Tensor:
     """Codes ``clamp(floor(x / s) + offset + z, 0, 2^k - 1)``, dequantized: ``offset`` in [0, 1] chooses

@@ -214,12 +214,11 @@ class UniformQuantizer(Quantizer):
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         """Integer codes of ``x`` under the current parameters (and learned rounding, if any)."""
+        scale = self.scale.detach().abs().clamp(min=1e-8)
         offset = self._rounding_offset(x.dtype)
         if offset is not None:
-            scale = self.scale.detach().abs().clamp(min=1e-8)
-            qmin, qmax = P.qrange(self.bits)
-            return torch.clamp(torch.floor(x / scale) + offset + self.zero_point, qmin, qmax).to(torch.int32)
-        return P.quantize_affine(x, self.scale.detach().abs().clamp(min=1e-8), self.zero_point, self.bits)
+            return P.quantize_floor_offset(x, scale, self.zero_point, self.bits, offset)
+        return P.quantize_affine(x, scale, self.zero_point, self.bits)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return P.dequantize_affine(codes, self.scale.detach().abs().clamp(min=1e-8), self.zero_point)
