@@ -20,7 +20,7 @@ from .balancing import balance_attention
 from .calibration import calibration_mode, quantization_disabled
 from .centering import center_attention_keys
 from .config import QuantConfig
-from .errors import AdapterError, AIQViTError, CalibrationDataError, CheckpointError
+from .errors import AdapterError, CalibrationDataError, CheckpointError
 from .gptq import gptq_unit
 from .io_utils import atomic_path, write_json_atomic
 from .lowrank import LowRankBranch
@@ -184,6 +184,22 @@ def _attach_ranks(unit: nn.Module, unit_name: str, ranks: dict[str, int]) -> Non
             layer.attach_lowrank(LowRankBranch(layer.in_features, layer.out_features, ranks[full]), inside_quantizer=True)
 
 
+_ROUNDING_PREFIX = "aiqvit.rounding_offset."
+
+
+def _restore_rounding(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Move the checkpoint's learned rounding offsets (see ``_Checkpoint.save``) out of ``state`` into the model."""
+    layers = dict(quant_layers(model))
+    for key in [k for k in state if k.startswith(_ROUNDING_PREFIX)]:
+        name = key[len(_ROUNDING_PREFIX):]
+        offset = state.pop(key)
+        layer = layers.get(name)
+        if layer is None or offset.dtype != torch.bool or offset.shape != layer.weight.shape:
+            raise CheckpointError(f"calibration checkpoint holds a rounding offset for {name!r} "
+                                  "that does not match the model")
+        layer.weight_quantizer.rounding_offset = offset
+
+
 class _Checkpoint:
     """Per-unit checkpoints of a calibration run (``progress.json`` + ``state.safetensors``)."""
 
@@ -207,8 +223,13 @@ class _Checkpoint:
 
     def save(self, model: nn.Module, done: list[str], ranks: dict[str, int], losses: dict) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
+        tensors = dict(model.state_dict())
+        # learned rounding (weight_rounding="adaround") lives in non-persistent buffers until the end
+        tensors.update({_ROUNDING_PREFIX + name: layer.weight_quantizer.rounding_offset
+                        for name, layer in quant_layers(model)
+                        if getattr(layer.weight_quantizer, "rounding_offset", None) is not None})
         with atomic_path(self.dir / "state.safetensors") as tmp:
-            save_file({k: v for k, v in model.state_dict().items()}, tmp)
+            save_file(tensors, tmp)
         write_json_atomic(self.dir / "progress.json", {"key": self.key, "done": done, "ranks": ranks,
                                                        "unit_losses": losses})
 
@@ -247,9 +268,6 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
         report.reparam_strengths = apply_reparameterization(model)
 
     if config.reconstruct:
-        if checkpoint_dir and config.weight_rounding == "adaround":
-            raise AIQViTError("weight_rounding='adaround' keeps its learned rounding in memory until the end: "
-                              "it cannot be combined with checkpoint_dir (resumable calibration)")
         ckpt = _Checkpoint(checkpoint_dir, config, data_fingerprint(batches)) if checkpoint_dir else None
         saved = ckpt.load() if ckpt else None
         done: list[str] = []
@@ -257,6 +275,7 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
             for name in saved["done"]:
                 _attach_ranks(model.get_submodule(name), name, saved["ranks"])
             state, _ = load_file(ckpt.dir / "state.safetensors")
+            _restore_rounding(model, state)
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as e:

@@ -282,10 +282,12 @@ METHOD_PRESETS: dict[str, dict] = {
     # RepQ-ViT: post-LN scale reparameterization + log-sqrt(2) post-Softmax, no reconstruction.
     "repq": dict(weight_init="mse", act_init="percentile", softmax_quantizer="logsqrt2", reparam="before",
                  lowrank="off", reconstruct=False, learn_weight_scale=False),
-    # BRECQ-style: block reconstruction of the quantizer parameters (LSQ step sizes), nothing else.
-    # BRECQ reconstructs each block from the outputs of the already-quantized blocks before it.
+    # BRECQ: block reconstruction of AdaRound weight rounding (weight step sizes fixed at their MSE init)
+    # and LSQ activation step sizes, each block from the outputs of the already-quantized blocks before it.
+    # Until core 0.3 the preset learned the weight step sizes with nearest rounding instead
+    # (``weight_rounding="nearest"`` restores that): far weaker on the real ViT-S/14 (docs/METHOD-NOTES.md).
     "brecq": dict(weight_init="mse", act_init="minmax", softmax_quantizer="uniform", reparam="off",
-                  lowrank="off", reconstruct=True, learn_weight_scale=True,
+                  lowrank="off", reconstruct=True, learn_weight_scale=True, weight_rounding="adaround",
                   reconstruction=ReconstructionConfig(curriculum=False, input_source="quant")),
     # AIQViT as specified, plus six settings of ours measured on the real ViT-S/14 (docs/METHOD-NOTES.md):
     # every Linear input reparameterized, the migration strength searched per layer, reconstruction
