@@ -22,10 +22,14 @@ def test_overrides_and_errors():
         quant_config("aiqvit", 4, 4, "slow")
     with pytest.raises(AIQViTError, match="KEY=VALUE"):
         parse_overrides(["lowrank"])
-    with pytest.raises(AIQViTError, match="config group"):
+    with pytest.raises(AIQViTError, match="dotted keys"):
         quant_config("aiqvit", 4, 4, **{"optimizer.lr": 1})
-    with pytest.raises(AIQViTError, match="invalid config override"):
+    with pytest.raises(AIQViTError, match="unknown reconstruction config keys"):
         quant_config("aiqvit", 4, 4, **{"reconstruction.speed": 1})
+    with pytest.raises(AIQViTError, match="unknown config keys"):
+        quant_config("aiqvit", 4, 4, speed=1)
+    c = quant_config("brecq", 4, 4, "default", reconstruction={"iters": 5})  # a group dict changes only its fields
+    assert c.reconstruction.iters == 5 and c.reconstruction.max_batches == 4 and c.reconstruction.curriculum is False
     with pytest.raises(AIQViTError, match="w_bits"):
         quant_config("aiqvit", 1, 4)
 

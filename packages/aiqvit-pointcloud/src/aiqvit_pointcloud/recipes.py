@@ -15,8 +15,6 @@ A recipe sets the reconstruction and rank-search budget of the methods that reco
 
 from __future__ import annotations
 
-import dataclasses
-
 from aiqvit import QuantConfig
 from aiqvit.config import parse_overrides  # noqa: F401  (re-exported: cli, benchmarks)
 from aiqvit.errors import AIQViTError
@@ -45,33 +43,22 @@ POINTCLOUD_OVERRIDES = {"act_init": "percentile"}
 def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default", seed: int = 0,
                  **overrides) -> QuantConfig:
     """The preset of ``method`` at ``w_bits``/``a_bits`` with the budget of ``recipe`` (and, for brecq and
-    aiqvit, :data:`POINTCLOUD_OVERRIDES`). ``overrides``
-    set config fields; dotted keys reach the nested configs (``{"reconstruction.iters": 100}``)."""
+    aiqvit, :data:`POINTCLOUD_OVERRIDES`). ``overrides`` set config fields and win over the recipe; dotted
+    keys reach the nested configs (``{"reconstruction.iters": 100}``), as in ``QuantConfig.for_method``."""
     if recipe not in RECIPES:
         raise AIQViTError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
-    base = QuantConfig.for_method(method, w_bits, a_bits, seed=seed)
-    nested = {"reconstruction": {}, "search": {}}
+    fields: dict = {}
     if method in RECONSTRUCTING:
-        for group in nested:
-            nested[group].update(RECIPES[recipe][group])
-        for bits, fields in sorted(LOW_BIT_RECONSTRUCTION.get(recipe, ()), key=lambda item: item[0]):
+        fields.update(POINTCLOUD_OVERRIDES)
+        budget = {group: dict(values) for group, values in RECIPES[recipe].items()}
+        for bits, low_bit in sorted(LOW_BIT_RECONSTRUCTION.get(recipe, ()), key=lambda item: item[0]):
             if min(w_bits, a_bits) <= bits:
-                nested["reconstruction"].update(fields)
+                budget["reconstruction"].update(low_bit)
                 break
-    extra = dict(POINTCLOUD_OVERRIDES) if method in RECONSTRUCTING else {}
+        fields.update({f"{group}.{name}": value for group, values in budget.items() for name, value in values.items()})
     for key, value in overrides.items():
-        group, _, field = key.partition(".")
-        if field:
-            if group not in nested:
-                raise AIQViTError(f"unknown config group in {key!r}; use reconstruction.<field> or search.<field>")
-            nested[group][field] = value
+        if key in ("reconstruction", "search") and isinstance(value, dict):
+            fields.update({f"{key}.{name}": v for name, v in value.items()})
         else:
-            extra[key] = value
-    try:
-        for group, fields in nested.items():
-            if fields:
-                extra[group] = dataclasses.replace(getattr(base, group), **fields)
-        return QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **extra)
-    except TypeError as e:
-        raise AIQViTError(f"invalid config override: {e}") from e
-
+            fields[key] = value
+    return QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **fields)
