@@ -123,3 +123,10 @@ def test_adaround_needs_per_unit_reconstruction_and_no_later_fold():
         QuantConfig(weight_rounding="adaround", reconstruction={"network_iters": 8})
     with pytest.raises(aiqvit.AIQViTError, match="adaround_lr"):
         QuantConfig(weight_rounding="adaround", adaround_lr=0.0)
+
+
+def test_brecq_preset_is_adaround_and_says_how_to_turn_reconstruction_off():
+    assert QuantConfig.for_method("brecq").weight_rounding == "adaround"
+    with pytest.raises(aiqvit.AIQViTError, match="weight_rounding='nearest'"):
+        QuantConfig.for_method("brecq", reconstruct=False)
+    assert not QuantConfig.for_method("brecq", reconstruct=False, weight_rounding="nearest").reconstruct

@@ -182,7 +182,8 @@ class QuantConfig:
                                                     or self.reconstruction.network_iters > 0):
             raise AIQViTError("weight_rounding='adaround' learns the rounding per unit during reconstruction: it needs "
                               "reconstruct=True, reparam 'before' or 'off' and reconstruction.network_iters=0 (a later "
-                              "fold or step-size change would re-round the weights)")
+                              "fold or step-size change would re-round the weights); set weight_rounding='nearest' "
+                              "otherwise (the brecq preset uses 'adaround')")
         if not self.adaround_reg >= 0 or not self.adaround_lr > 0:
             raise AIQViTError(f"adaround_reg must be >= 0 and adaround_lr > 0, got {self.adaround_reg}, {self.adaround_lr}")
         if not self.gptq_damp > 0:
