@@ -26,6 +26,21 @@ def test_roundtrip_reproduces_outputs_exactly(quantized, tmp_path, test_inputs):
     assert aiqvit.get_info(loaded).ranks == aiqvit.get_info(quantized).ranks
 
 
+def test_map_records_the_calibration_environment(calib_batches, tmp_path):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        model = make_outlier_toy(seed=0)
+        report = aiqvit.quantize(model, calib_batches, fast_config("minmax"), progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert report.environment == {"torch": torch.__version__, "threads": 1}
+    aiqvit.save_quantized(model, tmp_path / "q")
+    assert json.loads((tmp_path / "q" / "quantization.json").read_text())["calibrated_with"] == report.environment
+    loaded = aiqvit.load_quantized(make_outlier_toy(seed=1), tmp_path / "q")
+    assert aiqvit.get_info(loaded).calibrated_with == report.environment
+
+
 @pytest.mark.parametrize("bits", [3, 4, 6])
 def test_packed_sizes(bits, calib_batches, tmp_path):
     model = make_outlier_toy(seed=0, dim=64)

@@ -58,6 +58,14 @@ class QuantizationReport:
     rotated_inputs: int = 0  # Linear layers whose inputs were rotated (config.input_rotation)
     network_loss: tuple[float, float] | None = None  # before/after reconstruction.network_iters
     resumed_units: list[str] = field(default_factory=list)
+    environment: dict = field(default_factory=dict)  # calibration_environment() of the run
+
+
+def calibration_environment() -> dict:
+    """What a seeded calibration's floats depend on besides its inputs: the same config and data give the
+    same model for the same torch build and thread count (the thread count changes the order of float
+    sums, which long low-bit reconstructions amplify; README, ViT-S/14 brecq at W3/A3)."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 def _tensors_in(obj) -> list[torch.Tensor]:
@@ -252,7 +260,7 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
     if getattr(model, "aiqvit_info", None) is not None:
         raise AdapterError("model is already prepared for quantization")
     adapter = adapter if adapter is not None else find_adapter(model)
-    report = QuantizationReport(config.method, config.w_bits, config.a_bits)
+    report = QuantizationReport(config.method, config.w_bits, config.a_bits, environment=calibration_environment())
     if config.center_keys:
         report.centered_keys = center_attention_keys(model, adapter, batches, progress_bar)
     if config.attention_balance != "off":
@@ -292,6 +300,7 @@ def quantize(model: nn.Module, calibration_data: Iterable[Any], config: QuantCon
         report.reparam_strengths = apply_reparameterization(model)
     finalize(model)
     info.ranks = dict(report.ranks)
+    info.calibrated_with = dict(report.environment)
     report.dfq_intervals = dfq_intervals(model)
     report.seconds = time.perf_counter() - start
     return report

@@ -29,6 +29,8 @@ class PreparedInfo:
     reparam_done: bool = False
     finalized: bool = False
     ranks: dict[str, int] = field(default_factory=dict)
+    # torch version and thread count of the calibration run (aiqvit.api.calibration_environment)
+    calibrated_with: dict = field(default_factory=dict)
 
 
 def get_info(model: nn.Module) -> PreparedInfo:

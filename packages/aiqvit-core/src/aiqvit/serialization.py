@@ -6,7 +6,8 @@ Layout of a saved directory::
     model.safetensors    packed weight codes (uint8), scales, zero-points, DFQ intervals,
                          every other float tensor of the model
     quantization.json    format version, config, adapter, per-layer bit-widths and shapes,
-                         searched ranks, DFQ intervals, file sizes
+                         searched ranks, DFQ intervals, file sizes, the calibration run's torch
+                         version and thread count
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def save_quantized(model: nn.Module, path: str | Path) -> dict:
         "layers": layers,
         "ranks": info.ranks,
         "dfq_intervals": _dfq_map(model),
+        "calibrated_with": info.calibrated_with,
     }
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -148,6 +150,7 @@ def load_quantized(model: nn.Module, path: str | Path, adapter: ModelAdapter | N
         raise CheckpointError(f"{path} does not match the model: {e}") from e
     info.reparam_done = bool(qmap.get("reparam_done"))
     info.ranks = dict(qmap.get("ranks", {}))
+    info.calibrated_with = dict(qmap.get("calibrated_with", {}))
     info.finalized = True
     for _, q in _uniform_quantizers(model):
         q.per_channel = q.scale.ndim > 0
