@@ -58,3 +58,17 @@ def group_quantization_error(ref, calib_batches, test_inputs, suffixes, change=N
         q.enabled = name.endswith(suffixes)
     with torch.no_grad():
         return float((model(test_inputs) - ref(test_inputs)).pow(2).mean())
+
+
+class Interrupted(Exception):
+    """Raised from ``on_unit_done`` to stand for a calibration run killed after a unit."""
+
+
+def quantize_until_first_unit(config, calib_batches, checkpoint_dir):
+    """Calibrate a fresh ``make_outlier_toy(seed=0)`` with ``checkpoint_dir`` and stop after its first unit."""
+    def stop(name, index):
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, config, checkpoint_dir=checkpoint_dir,
+                        progress_bar=False, on_unit_done=stop)

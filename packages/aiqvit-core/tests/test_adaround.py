@@ -1,6 +1,6 @@
 import pytest
 import torch
-from conftest import fast_config, weight_grid
+from conftest import fast_config, quantize_until_first_unit, weight_grid
 
 import aiqvit
 from aiqvit import QuantConfig
@@ -75,37 +75,9 @@ def test_pipeline_with_adaround_is_seeded_and_reloads(calib_batches, test_inputs
         assert torch.allclose(fresh(test_inputs), outs[0], atol=1e-5)
 
 
-class _Killed(Exception):
-    pass
-
-
-@pytest.mark.parametrize("method", ["brecq", "aiqvit"])
-def test_resumed_calibration_keeps_the_learned_rounding(method, calib_batches, test_inputs, tmp_path):
-    config = fast_config(method, weight_rounding="adaround")
-    full = make_outlier_toy(seed=0)
-    aiqvit.quantize(full, calib_batches, config, progress_bar=False)
-
-    def kill_after_first(name, index):
-        raise _Killed
-
-    with pytest.raises(_Killed):
-        aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, config, checkpoint_dir=tmp_path,
-                        progress_bar=False, on_unit_done=kill_after_first)
-    resumed = make_outlier_toy(seed=0)
-    report = aiqvit.quantize(resumed, calib_batches, config, checkpoint_dir=tmp_path, progress_bar=False)
-    assert report.resumed_units == ["blocks.0"]
-    with torch.no_grad():
-        assert torch.equal(resumed(test_inputs), full(test_inputs))
-
-
 def test_checkpoint_with_a_mismatched_rounding_offset_is_refused(calib_batches, tmp_path):
-    def kill_after_first(name, index):
-        raise _Killed
-
     config = fast_config("brecq", weight_rounding="adaround")
-    with pytest.raises(_Killed):
-        aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, config, checkpoint_dir=tmp_path,
-                        progress_bar=False, on_unit_done=kill_after_first)
+    quantize_until_first_unit(config, calib_batches, tmp_path)
     state, meta = load_file(tmp_path / "state.safetensors")
     key = next(k for k in state if k.startswith("aiqvit.rounding_offset."))
     state[key] = state[key][:, :1].clone()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import Interrupted, fast_config, quantize_until_first_unit
 
 import aiqvit
 from aiqvit.prepare import quant_layers
@@ -13,10 +13,6 @@ def bias_config(lr_bias=0.05):
     cfg = fast_config("aiqvit")
     cfg.reconstruction.lr_bias = lr_bias
     return cfg
-
-
-class _Stop(Exception):
-    pass
 
 
 def test_off_by_default_adds_nothing_to_the_state():
@@ -39,9 +35,9 @@ def test_correction_is_learned_without_moving_the_float_targets(calib_batches, t
         seen["max_correction"] = max(float(layer.bias_correction.abs().max()) for _, layer in quant_layers(unit))
         with aiqvit.quantization_disabled(model), torch.no_grad():
             seen["float_error"] = float((model(test_inputs) - expected).abs().max())
-        raise _Stop
+        raise Interrupted
 
-    with pytest.raises(_Stop):
+    with pytest.raises(Interrupted):
         aiqvit.quantize(model, calib_batches, bias_config(), progress_bar=False, on_unit_done=check_first_unit)
     assert seen["max_correction"] > 0
     assert seen["float_error"] < 1e-5
@@ -84,12 +80,7 @@ def test_resume_keeps_the_corrections(tmp_path, calib_batches, test_inputs):
     full = make_outlier_toy(seed=0)
     aiqvit.quantize(full, calib_batches, bias_config(), progress_bar=False)
 
-    def stop(name, index):
-        raise _Stop
-
-    with pytest.raises(_Stop):
-        aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, bias_config(), checkpoint_dir=tmp_path,
-                        progress_bar=False, on_unit_done=stop)
+    quantize_until_first_unit(bias_config(), calib_batches, tmp_path)
     resumed = make_outlier_toy(seed=0)
     aiqvit.quantize(resumed, calib_batches, bias_config(), checkpoint_dir=tmp_path, progress_bar=False)
     with torch.no_grad():

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 import torch
-from conftest import fast_config
+from conftest import fast_config, quantize_until_first_unit
 from torch import nn
 
 import aiqvit
@@ -123,36 +123,22 @@ def test_seeded_determinism(calib_batches, test_inputs):
     assert torch.equal(outs[0], outs[1])
 
 
-class _Killed(Exception):
-    pass
-
-
-def test_resume_gives_the_same_model(tmp_path, calib_batches, test_inputs):
+@pytest.mark.parametrize("method,overrides", [("aiqvit", {}), ("brecq", {}),
+                                              ("aiqvit", {"weight_rounding": "adaround"})])
+def test_resume_gives_the_same_model(method, overrides, tmp_path, calib_batches, test_inputs):
+    config = fast_config(method, **overrides)  # brecq (AdaRound): the learned rounding is checkpointed too
     full = make_outlier_toy(seed=0)
-    aiqvit.quantize(full, calib_batches, fast_config("aiqvit"), progress_bar=False)
-
-    def kill_after_first(name, index):
-        raise _Killed
-
-    interrupted = make_outlier_toy(seed=0)
-    with pytest.raises(_Killed):
-        aiqvit.quantize(interrupted, calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
-                        progress_bar=False, on_unit_done=kill_after_first)
+    aiqvit.quantize(full, calib_batches, config, progress_bar=False)
+    quantize_until_first_unit(config, calib_batches, tmp_path)
     resumed = make_outlier_toy(seed=0)
-    report = aiqvit.quantize(resumed, calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
-                             progress_bar=False)
+    report = aiqvit.quantize(resumed, calib_batches, config, checkpoint_dir=tmp_path, progress_bar=False)
     assert report.resumed_units == ["blocks.0"]
     with torch.no_grad():
         assert torch.equal(resumed(test_inputs), full(test_inputs))
 
 
 def test_resume_refuses_another_config(tmp_path, calib_batches):
-    def kill(name, index):
-        raise _Killed
-
-    with pytest.raises(_Killed):
-        aiqvit.quantize(make_outlier_toy(), calib_batches, fast_config("aiqvit"), checkpoint_dir=tmp_path,
-                        progress_bar=False, on_unit_done=kill)
+    quantize_until_first_unit(fast_config("aiqvit"), calib_batches, tmp_path)
     with pytest.raises(aiqvit.CheckpointError, match="another config"):
         aiqvit.quantize(make_outlier_toy(), calib_batches, fast_config("aiqvit", bits=3), checkpoint_dir=tmp_path,
                         progress_bar=False)

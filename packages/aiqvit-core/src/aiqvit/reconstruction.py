@@ -261,7 +261,7 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
     start = [p.detach().clone() for p in params]
     opt = torch.optim.Adam(groups) if groups else None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.iters) if opt is not None else None
-    opt_rounding = torch.optim.Adam(rounding_groups) if rounding_groups else None
+    optimizers = [o for o in (opt, torch.optim.Adam(rounding_groups) if rounding_groups else None) if o is not None]
     n = len(data)
     bs = min(cfg.batch_size, n)
     order = torch.arange(n)
@@ -284,13 +284,11 @@ def reconstruct_unit(unit: nn.Module, data: UnitData, cfg: ReconstructionConfig,
         penalty = rounding.penalty(t, cfg.iters) if rounding is not None else None
         if penalty is not None:
             loss = loss + before * penalty
-        for o in (opt, opt_rounding):
-            if o is not None:
-                o.zero_grad(set_to_none=True)
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         loss.backward()
-        for o in (opt, opt_rounding):
-            if o is not None:
-                o.step()
+        for o in optimizers:
+            o.step()
         if sched is not None:
             sched.step()
     for p in params:
