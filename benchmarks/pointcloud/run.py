@@ -3,11 +3,13 @@ part segmentation; FP vs minmax / repq / brecq / aiqvit at W3/A3, W4/A4, W6/A6.
 
     python benchmarks/pointcloud/run.py                 # the default recipe (<= 60 min on 2 cores)
     python benchmarks/pointcloud/run.py --smoke         # plumbing check in a few minutes
+    python benchmarks/pointcloud/run.py --seeds 1 2     # more calibration seeds; tables show the mean
 
 On a fresh machine it generates the data (cached under $AIQVIT_CACHE), loads the packaged float
 checkpoints (or trains them if missing), quantizes with 512 calibration shapes from the train
 split and evaluates on the whole test split. Writes benchmarks/results/pointcloud.json
-(BenchmarkRecord list), pointcloud.md and the plots pointcloud_*.png.
+(BenchmarkRecord list, one record per seed), pointcloud.md and the plots pointcloud_*.png. The
+tables and target checks use the mean over every seed recorded for a setting.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pathlib import Path
 import aiqvit
 import numpy as np
 import torch
-from aiqvit.io_utils import BenchmarkRecord, git_commit, merge_records, peak_rss_mb, write_text_atomic
+from aiqvit.io_utils import BenchmarkRecord, git_commit, mean_over_seeds, merge_records, peak_rss_mb, write_text_atomic
 
 from aiqvit_pointcloud import PointTransformerAdapter, PointTransformerLayer, calibration_batches, evaluate
 from aiqvit_pointcloud.data.synthetic import load_synthetic
@@ -92,15 +94,18 @@ def plot_accuracy(records: list[dict], path: Path, recipe: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = mean_over_seeds(records)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, task in zip(axes, ("cls", "partseg")):
         metric = TASK_METRICS[task][0]
         rows = [r for r in records if r["task"] == f"pointcloud-{task}" and r["metric"] == metric]
         fp = [r["value"] for r in rows if r["method"] == "fp"]
         for method in METHODS:
-            pts = sorted((r["w_bits"], r["value"]) for r in rows if r["method"] == method and r["recipe"] == recipe)
+            pts = sorted((r["w_bits"], r["value"], r["std"]) for r in rows
+                         if r["method"] == method and r["recipe"] in (recipe, "-"))
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=method)
+                bits, values, stds = zip(*pts)
+                ax.errorbar(bits, values, yerr=stds if any(stds) else None, marker="o", capsize=3, label=method)
         if fp:
             ax.axhline(fp[0], color="k", ls="--", label="FP")
         ax.set_xlabel("bits (W = A)")
@@ -146,7 +151,21 @@ def plot_softmax(samples: dict[str, np.ndarray], intervals: dict[str, tuple[floa
     plt.close(fig)
 
 
+def _value(r: dict) -> str:
+    """A cell: the mean over seeds, with the sample standard deviation where there are several."""
+    return f"{r['value']:.2f}" + (f" ± {r['std']:.2f}" if len(r.get("seeds", ())) > 1 else "")
+
+
+def seed_summary(records: list[dict]) -> str:
+    """``"seed 0"`` or ``"seeds 0, 1, 2 (each cell is their mean ± sample std)"`` for the quantized runs."""
+    seeds = sorted({r["seed"] for r in records if r["method"] != "fp"})
+    if len(seeds) <= 1:
+        return f"seed {seeds[0] if seeds else 0}"
+    return f"seeds {', '.join(map(str, seeds))} (each cell is the mean over the seeds run for it, ± sample std)"
+
+
 def markdown(records: list[dict], meta: dict) -> str:
+    records = mean_over_seeds(records)
     lines = ["# Point-cloud PTQ benchmark (Point Transformer, synthetic data)", "",
              f"All numbers below are on **{DATASET}**, a procedurally generated stand-in for ModelNet40 / "
              "ShapeNetPart (neither can be downloaded here); they are not ModelNet40 or ShapeNetPart results.", "",
@@ -175,7 +194,7 @@ def markdown(records: list[dict], meta: dict) -> str:
                 for b in BITS:
                     for m in TASK_METRICS[task]:
                         r = table.get((method, b, m))
-                        cells.append("-" if r is None else f"{r['value']:.2f}")
+                        cells.append("-" if r is None else _value(r))
                 sec = table.get((method, 4, TASK_METRICS[task][0]))
                 lines.append(f"| {method} | " + " | ".join(cells) + f" | {sec['calib_seconds']:.0f} |"
                              if sec else f"| {method} | " + " | ".join(cells) + " | - |")
@@ -196,8 +215,8 @@ def target_checks(task, table, fp, recipe) -> list[str]:
             continue
         best = max(base, key=lambda x: x[1])
         ok = ours["value"] > best[1]
-        out.append(f"{task} W{b}/A{b} ({recipe}): AIQViT {ours['value']:.2f} vs best baseline {best[0]} "
-                   f"{best[1]:.2f}: {'MET' if ok else 'NOT MET'}")
+        out.append(f"{task} W{b}/A{b} ({recipe}): AIQViT {_value(ours)} vs best baseline {best[0]} "
+                   f"{_value(table[(best[0], b, metric)])}: {'MET' if ok else 'NOT MET'}")
         if metric in fp and b in (4, 6):
             tol = 1.0 if b == 6 else 5.0
             gap = fp[metric] - ours["value"]
@@ -218,7 +237,8 @@ def run_task(task: str, opts: dict) -> dict:
     model, ckpt = fp_model(task)
     n = model.config.num_points
     train_set, test_set = load_synthetic("train", n, train=False), load_synthetic("test", n, train=False)
-    batches = calibration_batches(train_set, task, opts["calib_size"], batch_size=32, seed=opts["seed"])
+    seeds = opts["seeds"]
+    batches = calibration_batches(train_set, task, opts["calib_size"], batch_size=32, seed=seeds[0])
     n_test = min(len(test_set), opts["test_limit"] or len(test_set))
     notes = f"{DATASET}; calib {opts['calib_size']} train shapes; test {n_test} shapes; {n} points"
     records = []
@@ -226,35 +246,49 @@ def run_task(task: str, opts: dict) -> dict:
     fp_metrics = evaluate(model, test_set, task, progress=False, limit=opts["test_limit"])
     log(f"{task} FP: " + ", ".join(f"{m} {fp_metrics[m]:.2f}" for m in TASK_METRICS[task]) +
         f" ({time.time() - t0:.0f} s wall, {cpu_seconds() - c0:.0f} s cpu)")
-    records += [record(task, "fp", None, "-", m, fp_metrics[m], 0.0, opts["seed"], notes) for m in TASK_METRICS[task]]
+    records += [record(task, "fp", None, "-", m, fp_metrics[m], 0.0, seeds[0], notes) for m in TASK_METRICS[task]]
     merge_records(opts["out_json"], records[-len(TASK_METRICS[task]):])
     softmax = softmax_samples(model, batches[:4], adapter)
     intervals = {}
+    for seed in seeds:
+        if seed != seeds[0]:
+            batches = calibration_batches(train_set, task, opts["calib_size"], batch_size=32, seed=seed)
+        records += quantize_all(task, model, adapter, batches, test_set, seed, notes, opts,
+                                intervals if seed == seeds[0] else {})
+    return {"task": task, "records": [dataclasses.asdict(r) for r in records], "intervals": intervals,
+            "softmax": softmax, "cpu_seconds": cpu_seconds(), "checkpoint": str(ckpt)}
+
+
+def quantize_all(task, model, adapter, batches, test_set, seed, notes, opts, intervals) -> list[BenchmarkRecord]:
+    """Every (bits, method) of one task with one calibration seed; fills ``intervals`` with AIQViT's DFQ
+    intervals per bit-width."""
+    records = []
     for bits in opts["bits"]:
         for method in opts["methods"]:
             q = copy.deepcopy(model)
-            config = quant_config(method, bits, bits, opts["recipe"], opts["seed"])
-            t0, c0 = time.time(), cpu_seconds()
+            config = quant_config(method, bits, bits, opts["recipe"], seed)
+            c0 = cpu_seconds()
             report = aiqvit.quantize(q, batches, config, adapter=adapter, progress_bar=False)
             c1 = cpu_seconds()
             metrics = evaluate(q, test_set, task, progress=False, limit=opts["test_limit"])
-            log(f"{task} {method} W{bits}/A{bits}: " + ", ".join(f"{m} {metrics[m]:.2f}" for m in TASK_METRICS[task])
+            log(f"{task} {method} W{bits}/A{bits} seed {seed}: "
+                + ", ".join(f"{m} {metrics[m]:.2f}" for m in TASK_METRICS[task])
                 + f" (calib {report.seconds:.0f} s wall / {c1 - c0:.0f} s cpu; eval {cpu_seconds() - c1:.0f} s cpu)")
             recipe = opts["recipe"] if method in ("brecq", "aiqvit") else "-"
-            records += [record(task, method, bits, recipe, m, metrics[m], report.seconds, opts["seed"], notes)
+            records += [record(task, method, bits, recipe, m, metrics[m], report.seconds, seed, notes)
                         for m in TASK_METRICS[task]]
             merge_records(opts["out_json"], records[-len(TASK_METRICS[task]):])
             if method == "aiqvit":
                 intervals[bits] = report.dfq_intervals
             del q
-    return {"task": task, "records": [dataclasses.asdict(r) for r in records], "intervals": intervals,
-            "softmax": softmax, "cpu_seconds": cpu_seconds(), "checkpoint": str(ckpt)}
+    return records
 
 
 def _subset(args) -> str:
     """What a partial run covered, so its time is not read as the whole benchmark's."""
     parts = [f"{name} {' '.join(map(str, chosen))}" for name, chosen, full in
-             (("tasks", args.tasks, tuple(TASK_METRICS)), ("methods", args.methods, METHODS), ("bits", args.bits, BITS))
+             (("tasks", args.tasks, tuple(TASK_METRICS)), ("methods", args.methods, METHODS), ("bits", args.bits, BITS),
+              ("seeds", args.seeds, (0,)))
              if tuple(chosen) != tuple(full)]
     return f"; only {', '.join(parts)} (FP included)" if parts else ""
 
@@ -264,7 +298,7 @@ def _low_bit_budget(recipe: str) -> str:
     return "".join(f"; at <= {bits} bits: {fields}" for bits, fields in LOW_BIT_RECONSTRUCTION.get(recipe, ()))
 
 
-def protocol(args, last_run: str) -> dict:
+def protocol(args, last_run: str, seeds: str) -> dict:
     cmd = "python benchmarks/pointcloud/run.py" + (" --smoke" if args.smoke else "") + \
         ("" if args.recipe == "default" or args.smoke else f" --recipe {args.recipe}")
     return {"command": cmd + "  (nox -s benchmark-pointcloud)",
@@ -272,7 +306,7 @@ def protocol(args, last_run: str) -> dict:
             "models": "Point Transformer, widths (32, 64, 128, 256), one block per stage, k = 16, stride 4; "
                       "float checkpoints packaged (fp16 safetensors, evaluated in fp32), trained by "
                       "benchmarks/pointcloud/train.py",
-            "calibration": f"{args.calib_size} shapes drawn (seed {args.seed}) from the train split",
+            "calibration": f"{args.calib_size} shapes drawn from the train split; calibration and config {seeds}",
             "evaluation": (f"the first {args.test_limit} test shapes" if args.test_limit else "the test split") +
                           "; OA / mAcc (cls); instance / class mIoU with the ShapeNetPart protocol (partseg)"
                           + ("" if args.test_limit else "; the test split holds 40 objects per category, so "
@@ -289,7 +323,8 @@ def write_report_only(args, out_json: Path) -> int:
         raise SystemExit(f"no results at {out_json}: run the benchmark first")
     records = json.loads(out_json.read_text())
     text = markdown(records, protocol(args, f"report rewritten from {out_json.name} "
-                                            f"({len(records)} records); see the JSON for each run's git commit"))
+                                            f"({len(records)} records); see the JSON for each run's git commit",
+                                      seed_summary(records)))
     write_text_atomic(args.results_dir / "pointcloud.md", text)
     plot_accuracy(records, args.results_dir / "pointcloud_accuracy_vs_bits.png", args.recipe)
     log(f"wrote {args.results_dir / 'pointcloud.md'} from {len(records)} records")
@@ -304,7 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="default")
     ap.add_argument("--calib-size", type=int, default=512)
     ap.add_argument("--test-limit", type=int, help="evaluate on the first N test shapes only")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", "--seed", nargs="+", type=int, default=[0],
+                    help="calibration (and config) seeds, run one after another; default 0")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("AIQVIT_JOBS", 2)),
                     help="tasks run in parallel processes (default 2: one per core)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per job")
@@ -325,7 +361,7 @@ def main(argv=None) -> int:
     log(f"data: {DATASET} (generated once, then cached)")
     for split in ("train", "test"):  # build the cache before the workers start
         load_synthetic(split, 512)
-    opts = {k: getattr(args, k) for k in ("calib_size", "test_limit", "seed", "threads", "bits", "methods", "recipe")}
+    opts = {k: getattr(args, k) for k in ("calib_size", "test_limit", "seeds", "threads", "bits", "methods", "recipe")}
     opts["out_json"] = out_json
     if args.jobs > 1 and len(args.tasks) > 1:
         ctx = multiprocessing.get_context("spawn")
@@ -337,7 +373,7 @@ def main(argv=None) -> int:
     elapsed = time.time() - start
     cpu_total = sum(r["cpu_seconds"] for r in results)
     meta = protocol(args, f"{elapsed / 60:.1f} min wall, {cpu_total / 60:.1f} min CPU, {args.jobs} job(s) x "
-                          f"{args.threads} thread(s), git {git_commit(ROOT)}" + _subset(args))
+                          f"{args.threads} thread(s), git {git_commit(ROOT)}" + _subset(args), seed_summary(records))
     md_path = args.results_dir / "pointcloud.md"
     text = markdown(records, meta)
     write_text_atomic(md_path, text)

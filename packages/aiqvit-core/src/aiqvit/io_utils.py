@@ -113,16 +113,41 @@ def results_lock(path: str | os.PathLike):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+#: what identifies one run in a results file; records that differ only in ``seed`` are repeats
+SETTING_KEY = ("task", "model", "method", "w_bits", "a_bits", "recipe", "metric")
+RUN_KEY = SETTING_KEY + ("seed",)
+
+
 def merge_records(path: str | os.PathLike, records: list[BenchmarkRecord]) -> list[dict]:
     """Add ``records`` to the JSON list at ``path`` (replacing runs with the same task, model,
-    method, bits, recipe and metric), atomically and under :func:`results_lock`. Returns the full list."""
+    method, bits, recipe, metric and seed), atomically and under :func:`results_lock`. Returns the
+    full list. Runs of one setting with other seeds are kept: :func:`mean_over_seeds` pools them."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with results_lock(path):
         existing = json.loads(path.read_text()) if path.exists() else []
-        key = ("task", "model", "method", "w_bits", "a_bits", "recipe", "metric")
         new = [dataclasses.asdict(r) for r in records]
-        new_keys = {tuple(r[k] for k in key) for r in new}
-        merged = [r for r in existing if tuple(r.get(k) for k in key) not in new_keys] + new
+        new_keys = {tuple(r[k] for k in RUN_KEY) for r in new}
+        merged = [r for r in existing if tuple(r.get(k) for k in RUN_KEY) not in new_keys] + new
         write_json_atomic(path, merged)
     return merged
+
+
+def mean_over_seeds(records: list[dict]) -> list[dict]:
+    """One record per setting (:data:`SETTING_KEY`): ``value`` and ``calib_seconds`` are the means
+    over its seeds, ``peak_rss_mb`` the largest; ``seeds`` lists them, ``values`` holds each seed's
+    value in that order and ``std`` their sample standard deviation (0.0 for a single seed). The
+    first record of each setting gives the other fields; settings keep their first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault(tuple(r.get(k) for k in SETTING_KEY), []).append(r)
+    out = []
+    for runs in groups.values():
+        runs = sorted(runs, key=lambda r: r.get("seed", 0))
+        values = [float(r["value"]) for r in runs]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        out.append({**runs[0], "value": mean, "std": std, "values": values, "seeds": [r.get("seed") for r in runs],
+                    "calib_seconds": sum(float(r["calib_seconds"]) for r in runs) / len(runs),
+                    "peak_rss_mb": max(float(r["peak_rss_mb"]) for r in runs)})
+    return out

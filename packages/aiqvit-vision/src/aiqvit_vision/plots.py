@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from aiqvit.io_utils import atomic_path  # noqa: E402
+from aiqvit.io_utils import atomic_path, mean_over_seeds  # noqa: E402
 
 DETAILS_FILE = "vision_details.json"
 
@@ -140,7 +140,7 @@ def plots_from_results(results: str | Path, out_dir: str | Path) -> list[Path]:
     results, out_dir = Path(results), Path(out_dir)
     if not results.is_file():
         raise FileNotFoundError(f"results file {results} not found; run benchmarks/vision/run.py first")
-    records = json.loads(results.read_text())
+    records = mean_over_seeds(json.loads(results.read_text()))
     written = plot_accuracy_vs_bits(records, out_dir)
     details_path = results.parent / DETAILS_FILE
     details = json.loads(details_path.read_text()) if details_path.is_file() else {}
