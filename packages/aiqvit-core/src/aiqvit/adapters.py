@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from .errors import AdapterError
@@ -91,6 +92,15 @@ class ModelAdapter:
         classes; ``reconstruction.logits_loss="kl"`` reconstructs them against the float model's predicted
         distribution instead of its logits. Default: none."""
         return set()
+
+    def sensitivity_logits(self, model: nn.Module, output: Any) -> torch.Tensor | None:
+        """Class logits (classes along the last dim, any leading dims) in what :meth:`run` returned, from
+        which ``reconstruction.loss_weighting="fisher"`` draws labels and differentiates ``log p(y|x)``, or
+        ``None`` where the output holds none. Default: ``output`` itself when it is a floating-point tensor
+        of at least two dims."""
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.ndim >= 2:
+            return output
+        return None
 
 
 _REGISTRY: list[type[ModelAdapter]] = []

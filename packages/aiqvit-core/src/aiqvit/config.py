@@ -24,6 +24,7 @@ WEIGHT_ROUNDINGS = ("nearest", "gptq", "adaround")
 CHANNELWISE_INPUTS = ("post_ln", "all")
 INPUT_SOURCES = ("fp", "quant")
 LOGITS_LOSSES = ("l2", "kl")
+LOSS_WEIGHTINGS = ("none", "fisher")
 ATTENTION_SCALES = ("tensor", "head")
 # act_init="auto": percentile clipping at or below this many activation bits, min-max above
 # (measured on the real ViT-S/14, docs/METHOD-NOTES.md: clipping the rare largest values pays at
@@ -68,6 +69,13 @@ class ReconstructionConfig:
     # logits (the paper's loss for every unit) or "kl", KL(float softmax || quantized softmax) per sample
     # (ours, docs/METHOD-NOTES.md)
     logits_loss: str = "l2"
+    # how a unit's squared output errors are weighted: "none" (alike, the paper) or "fisher" (by the float
+    # model's diagonal Fisher information at the unit's output, averaged over the calibration samples;
+    # aiqvit.sensitivity; ours, docs/METHOD-NOTES.md); needs the adapter's sensitivity_logits. The
+    # weights are (1 - fisher_mix) + fisher_mix x F / mean(F); fisher_samples label draws per sample
+    loss_weighting: str = "none"
+    fisher_mix: float = 1.0
+    fisher_samples: int = 4
 
 
 @dataclass
@@ -196,6 +204,10 @@ class QuantConfig:
             raise AIQViTError("reparam_strength_grid is empty")
         _choice("reconstruction.input_source", self.reconstruction.input_source, INPUT_SOURCES)
         _choice("reconstruction.logits_loss", self.reconstruction.logits_loss, LOGITS_LOSSES)
+        _choice("reconstruction.loss_weighting", self.reconstruction.loss_weighting, LOSS_WEIGHTINGS)
+        if not 0.0 <= self.reconstruction.fisher_mix <= 1.0 or self.reconstruction.fisher_samples < 1:
+            raise AIQViTError("reconstruction.fisher_mix must lie in [0, 1] and fisher_samples be >= 1, got "
+                              f"{self.reconstruction.fisher_mix}, {self.reconstruction.fisher_samples}")
         if self.lowrank != "off" and not self.reconstruct:
             raise AIQViTError("low-rank compensation is trained by reconstruction: set reconstruct=True or lowrank='off'")
         if self.reconstruction.max_batches < 0:

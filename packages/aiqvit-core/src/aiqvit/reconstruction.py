@@ -95,6 +95,9 @@ class UnitData:
     stackable: bool
     view: Callable[[torch.Tensor], torch.Tensor] | None = None  # ModelAdapter.output_view
     loss: str = "l2"  # "kl" for logits (ReconstructionConfig.logits_loss)
+    # elementwise weights of the squared error, shaped like one sample's (viewed) output with a leading 1
+    # (ReconstructionConfig.loss_weighting); None = all alike
+    weight: torch.Tensor | None = None
 
     def __len__(self):
         return len(self.targets)
@@ -117,10 +120,12 @@ def _splittable(args, kwargs, target) -> bool:
 
 
 def build_unit_data(inputs: list[list], targets: list[list],
-                    view: Callable[[torch.Tensor], torch.Tensor] | None = None, loss: str = "l2") -> UnitData:
+                    view: Callable[[torch.Tensor], torch.Tensor] | None = None, loss: str = "l2",
+                    weight: torch.Tensor | None = None) -> UnitData:
     """Pair captured inputs with full-precision targets; split calls into samples where every
     tensor argument and the output share the batch dimension. ``view``: compare outputs through it;
-    ``loss``: "l2" or "kl" (outputs are logits over their last dim)."""
+    ``loss``: "l2" or "kl" (outputs are logits over their last dim); ``weight``: elementwise weights of
+    the squared "l2" error, shaped like one sample's output before the view, with a leading 1."""
     args, kwargs, outs = [], [], []
     for (a, k, _), (_, _, y) in zip(inputs, targets):
         if _splittable(a, k, y):
@@ -138,7 +143,10 @@ def build_unit_data(inputs: list[list], targets: list[list],
     stackable = len(shapes) == 1 and all(y.shape[0] == 1 for y in outs)
     if view is not None:
         outs = [view(y) for y in outs]
-    return UnitData(args, kwargs, outs, stackable, view, loss)
+        weight = view(weight) if weight is not None else None
+    if weight is not None and any(y.shape[1:] != weight.shape[1:] for y in outs):
+        weight = None  # outputs of another shape than the weights' (not one sample per call)
+    return UnitData(args, kwargs, outs, stackable, view, loss, weight)
 
 
 def _kl_from_logits(target: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
@@ -158,6 +166,8 @@ def sample_losses(unit: nn.Module, data: UnitData, idx: list[int]) -> torch.Tens
         n = target.shape[0] if data.stackable else 1
         if data.loss == "kl":
             losses.append(_kl_from_logits(target, out).reshape(n, -1).sum(1))
+        elif data.weight is not None:
+            losses.append(((out - target) ** 2 * data.weight).reshape(n, -1).sum(1).sqrt())
         else:
             losses.append((out - target).reshape(n, -1).norm(dim=1))
     return torch.cat(losses)
