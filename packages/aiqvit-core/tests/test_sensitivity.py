@@ -80,12 +80,24 @@ def test_weighted_sample_loss_is_the_weighted_frobenius_norm():
     assert torch.allclose(sample_losses(unit, plain, [0, 1]), sample_losses(unit, ones, [0, 1]))
 
 
-def test_weights_follow_the_output_view():
-    x = torch.randn(4, 3, 2)
-    target = torch.randn(4, 3, 2)
-    weight = torch.arange(6.0).reshape(1, 3, 2)
-    data = build_unit_data([[(x,), {}, None]], [[(x,), {}, target]], view=lambda y: y[:, :1], weight=weight)
-    assert torch.equal(data.weight, weight[:, :1])
+def test_weights_are_normalized_on_what_the_view_keeps(calib_batches):
+    """A ViT's last block is reconstructed on its class token: its weights have mean 1 on that token."""
+    from aiqvit.api import _fisher_maps
+
+    class ClassTokenView(ToyAdapter):
+        def output_view(self, model, unit_name):
+            return (lambda y: y[:, :1]) if unit_name == "blocks.1" else None
+
+    model = ToyViT().eval()
+    cfg = fast_config("aiqvit", 4, **{"reconstruction.loss_weighting": "fisher"})
+    aiqvit.prepare(model, cfg, ClassTokenView())
+    maps = _fisher_maps(model, calib_batches, cfg, show=False)
+    weight = loss_weights(ClassTokenView().output_view(model, "blocks.1")(maps["blocks.1"]), 1.0)
+    assert weight.shape == (1, 1, 32)
+    assert torch.allclose(weight.mean(), torch.tensor(1.0))
+    x = torch.randn(4, 16, 32)
+    data = build_unit_data([[(x,), {}, None]], [[(x,), {}, x]], view=lambda y: y[:, :1], weight=weight)
+    assert data.weight is weight and data.targets[0].shape[1:] == weight.shape[1:]
 
 
 def test_fisher_weighted_pipeline_is_seeded_and_changes_the_model(calib_batches, test_inputs):

@@ -324,9 +324,9 @@ def _reconstruct_network(model, batches, config, show):
     return reconstruct_network(model, info.adapter, units, batches, targets, rc, gen, config.learn_weight_scale, show)
 
 
-def _loss_weights(model, batches, config, show) -> dict[str, torch.Tensor | None]:
-    """Per unit, the elementwise weights of its reconstruction loss (``reconstruction.loss_weighting``):
-    from the float model's Fisher information at the unit's output (aiqvit.sensitivity); empty for "none"."""
+def _fisher_maps(model, batches, config, show) -> dict[str, torch.Tensor | None]:
+    """Per unit, the float model's diagonal Fisher information at its output (aiqvit.sensitivity), from which
+    ``reconstruction.loss_weighting="fisher"`` weights the unit's loss; empty for "none"."""
     rc = config.reconstruction
     if rc.loss_weighting == "none":
         return {}
@@ -334,9 +334,8 @@ def _loss_weights(model, batches, config, show) -> dict[str, torch.Tensor | None
     units = [(n, model.get_submodule(n)) for n in info.unit_names]
     gen = _unit_generator(config.seed, len(units) + 1)
     with quantization_disabled(model):
-        maps = fisher_maps(model, info.adapter, units, progress(batches, desc="fisher", enabled=show),
+        return fisher_maps(model, info.adapter, units, progress(batches, desc="fisher", enabled=show),
                            rc.fisher_samples, gen)
-    return {name: None if f is None else loss_weights(f, rc.fisher_mix) for name, f in maps.items()}
 
 
 def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit_done):
@@ -344,7 +343,7 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
     rc = config.reconstruction
     units = info.unit_names
     batches = _reconstruction_batches(batches, rc)
-    weights = _loss_weights(model, batches, config, show)
+    sensitivities = _fisher_maps(model, batches, config, show)
     for index, name in enumerate(units):
         if name in done:
             continue
@@ -357,7 +356,10 @@ def _reconstruct_units(model, batches, config, report, done, ckpt, show, on_unit
         if rc.input_source == "quant":
             inputs = capture_unit_io(model, info.adapter, unit, batches, with_output=False, desc=f"{tag} q", show=False)
         loss = rc.logits_loss if name in info.adapter.logit_units(model) else "l2"
-        data = build_unit_data(inputs, fp_io, info.adapter.output_view(model, name), loss, weights.get(name))
+        view = info.adapter.output_view(model, name)
+        fisher = sensitivities.get(name)
+        weight = None if fisher is None else loss_weights(view(fisher) if view else fisher, rc.fisher_mix)
+        data = build_unit_data(inputs, fp_io, view, loss, weight)
         if config.weight_rounding == "gptq":
             gptq_unit(unit, data, config.gptq_damp)
         if config.lowrank == "search":

@@ -125,7 +125,7 @@ def build_unit_data(inputs: list[list], targets: list[list],
     """Pair captured inputs with full-precision targets; split calls into samples where every
     tensor argument and the output share the batch dimension. ``view``: compare outputs through it;
     ``loss``: "l2" or "kl" (outputs are logits over their last dim); ``weight``: elementwise weights of
-    the squared "l2" error, shaped like one sample's output before the view, with a leading 1."""
+    the squared "l2" error, shaped like one sample's output as ``view`` leaves it, with a leading 1."""
     args, kwargs, outs = [], [], []
     for (a, k, _), (_, _, y) in zip(inputs, targets):
         if _splittable(a, k, y):
@@ -143,7 +143,6 @@ def build_unit_data(inputs: list[list], targets: list[list],
     stackable = len(shapes) == 1 and all(y.shape[0] == 1 for y in outs)
     if view is not None:
         outs = [view(y) for y in outs]
-        weight = view(weight) if weight is not None else None
     if weight is not None and any(y.shape[1:] != weight.shape[1:] for y in outs):
         weight = None  # outputs of another shape than the weights' (not one sample per call)
     return UnitData(args, kwargs, outs, stackable, view, loss, weight)
