@@ -133,3 +133,17 @@ def test_fisher_weighting_needs_class_logits(calib_batches):
     cfg = fast_config("aiqvit", 4, **{"reconstruction.loss_weighting": "fisher"})
     with pytest.raises(aiqvit.AdapterError, match="sensitivity_logits"):
         aiqvit.quantize(model, calib_batches, cfg, adapter=NoLogits(), progress_bar=False)
+
+
+def test_fisher_maps_refuse_units_whose_output_shape_varies():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Linear(6, 3))
+    batches = [torch.randn(2, 3, 4), torch.randn(2, 5, 4)]  # 3 tokens, then 5
+
+    class SequentialAdapter(aiqvit.ModelAdapter):
+        pass
+
+    with pytest.raises(aiqvit.AdapterError, match="one output shape per unit"):
+        fisher_maps(model, SequentialAdapter(), [("0", model[0])], batches, 1, torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 4)
+    with pytest.raises(aiqvit.AdapterError, match="do not match"):
+        build_unit_data([[(x,), {}, None]], [[(x,), {}, torch.randn(2, 3, 6)]], weight=torch.ones(1, 5, 6))

@@ -324,7 +324,7 @@ def _reconstruct_network(model, batches, config, show):
     return reconstruct_network(model, info.adapter, units, batches, targets, rc, gen, config.learn_weight_scale, show)
 
 
-def _fisher_maps(model, batches, config, show) -> dict[str, torch.Tensor | None]:
+def _fisher_maps(model, batches, config, show) -> dict[str, torch.Tensor]:
     """Per unit, the float model's diagonal Fisher information at its output (aiqvit.sensitivity), from which
     ``reconstruction.loss_weighting="fisher"`` weights the unit's loss; empty for "none"."""
     rc = config.reconstruction

@@ -95,7 +95,7 @@ class UnitData:
     stackable: bool
     view: Callable[[torch.Tensor], torch.Tensor] | None = None  # ModelAdapter.output_view
     loss: str = "l2"  # "kl" for logits (ReconstructionConfig.logits_loss)
-    # elementwise weights of the squared error, shaped like one sample's (viewed) output with a leading 1
+    # elementwise weights of the squared error, shaped like one sample's viewed output with a leading 1
     # (ReconstructionConfig.loss_weighting); None = all alike
     weight: torch.Tensor | None = None
 
@@ -144,7 +144,8 @@ def build_unit_data(inputs: list[list], targets: list[list],
     if view is not None:
         outs = [view(y) for y in outs]
     if weight is not None and any(y.shape[1:] != weight.shape[1:] for y in outs):
-        weight = None  # outputs of another shape than the weights' (not one sample per call)
+        raise AdapterError(f"loss weights of shape {tuple(weight.shape[1:])} do not match unit outputs of shape "
+                           f"{tuple(outs[0].shape[1:])}")
     return UnitData(args, kwargs, outs, stackable, view, loss, weight)
 
 

@@ -23,26 +23,23 @@ from .reconstruction import first_tensor
 
 
 def fisher_maps(model: nn.Module, adapter: ModelAdapter, units: list[tuple[str, nn.Module]], batches: Iterable,
-                samples: int, generator: torch.Generator) -> dict[str, torch.Tensor | None]:
+                samples: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """``{unit name: E[(d log p(y|x) / dz)^2]}`` with ``z`` the unit's output, shaped like one sample's
-    output with a leading 1 (the mean over every calibration sample and ``samples`` label draws each), or
-    ``None`` for a unit whose outputs do not share one shape across batches. Runs the model as it is:
-    call it with quantization disabled for the float model's sensitivities."""
-    sums: dict[str, torch.Tensor | None] = {}
-    counts: dict[str, int] = {name: 0 for name, _ in units}
+    output with a leading 1 (the mean over every calibration sample and ``samples`` label draws each).
+    Runs the model as it is: call it with quantization disabled for the float model's sensitivities."""
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
     for batch in batches:
         grads = _batch_squared_grads(model, adapter, units, batch, samples, generator)
         for name, g2 in grads.items():
-            n = g2.shape[0]
             total = g2.sum(0, keepdim=True)
-            if name not in sums:
-                sums[name] = total
-            elif sums[name] is not None and sums[name].shape[1:] == total.shape[1:]:
-                sums[name] = sums[name] + total
-            else:
-                sums[name] = None
-            counts[name] += n
-    return {name: None if sums.get(name) is None else sums[name] / (counts[name] * samples) for name, _ in units}
+            if name in sums and sums[name].shape != total.shape:
+                raise AdapterError(f"unit {name} returns outputs of shapes {tuple(sums[name].shape[1:])} and "
+                                   f"{tuple(total.shape[1:])}: reconstruction.loss_weighting='fisher' needs one "
+                                   "output shape per unit")
+            sums[name] = sums[name] + total if name in sums else total
+        count += next(iter(grads.values())).shape[0] if grads else 0
+    return {name: sums[name] / (count * samples) for name, _ in units}
 
 
 def _batch_squared_grads(model, adapter, units, batch, samples, generator) -> dict[str, torch.Tensor]:
