@@ -62,11 +62,13 @@ def fp_model(task: str):
     return model, path
 
 
-def record(task, method, bits, recipe, metric, value, seconds, seed, notes) -> BenchmarkRecord:
+def record(task, method, bits, recipe, metric, value, seconds, seed, notes, commit) -> BenchmarkRecord:
+    """``commit``: the code the run started with (its processes import it once; a commit made while it runs
+    is not what it measures)."""
     return BenchmarkRecord(task=f"pointcloud-{task}", model=MODEL_NAME[task], method=method,
                            w_bits=bits, a_bits=bits, recipe=recipe, metric=metric, value=round(float(value), 4),
                            calib_seconds=round(seconds, 2), peak_rss_mb=round(peak_rss_mb(), 1), seed=seed,
-                           git_commit=git_commit(ROOT), notes=notes)
+                           git_commit=commit, notes=notes)
 
 
 @torch.no_grad()
@@ -246,7 +248,8 @@ def run_task(task: str, opts: dict) -> dict:
     fp_metrics = evaluate(model, test_set, task, progress=False, limit=opts["test_limit"])
     log(f"{task} FP: " + ", ".join(f"{m} {fp_metrics[m]:.2f}" for m in TASK_METRICS[task]) +
         f" ({time.time() - t0:.0f} s wall, {cpu_seconds() - c0:.0f} s cpu)")
-    records += [record(task, "fp", None, "-", m, fp_metrics[m], 0.0, seeds[0], notes) for m in TASK_METRICS[task]]
+    records += [record(task, "fp", None, "-", m, fp_metrics[m], 0.0, seeds[0], notes, opts["commit"])
+                for m in TASK_METRICS[task]]
     merge_records(opts["out_json"], records[-len(TASK_METRICS[task]):])
     softmax = softmax_samples(model, batches[:4], adapter)
     intervals = {}
@@ -275,7 +278,7 @@ def quantize_all(task, model, adapter, batches, test_set, seed, notes, opts, int
                 + ", ".join(f"{m} {metrics[m]:.2f}" for m in TASK_METRICS[task])
                 + f" (calib {report.seconds:.0f} s wall / {c1 - c0:.0f} s cpu; eval {cpu_seconds() - c1:.0f} s cpu)")
             recipe = opts["recipe"] if method in ("brecq", "aiqvit") else "-"
-            records += [record(task, method, bits, recipe, m, metrics[m], report.seconds, seed, notes)
+            records += [record(task, method, bits, recipe, m, metrics[m], report.seconds, seed, notes, opts["commit"])
                         for m in TASK_METRICS[task]]
             merge_records(opts["out_json"], records[-len(TASK_METRICS[task]):])
             if method == "aiqvit":
@@ -363,6 +366,7 @@ def main(argv=None) -> int:
         load_synthetic(split, 512)
     opts = {k: getattr(args, k) for k in ("calib_size", "test_limit", "seeds", "threads", "bits", "methods", "recipe")}
     opts["out_json"] = out_json
+    opts["commit"] = git_commit(ROOT)
     if args.jobs > 1 and len(args.tasks) > 1:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(args.jobs, len(args.tasks)), mp_context=ctx) as pool:
@@ -373,7 +377,7 @@ def main(argv=None) -> int:
     elapsed = time.time() - start
     cpu_total = sum(r["cpu_seconds"] for r in results)
     meta = protocol(args, f"{elapsed / 60:.1f} min wall, {cpu_total / 60:.1f} min CPU, {args.jobs} job(s) x "
-                          f"{args.threads} thread(s), git {git_commit(ROOT)}" + _subset(args), seed_summary(records))
+                          f"{args.threads} thread(s), git {opts['commit']}" + _subset(args), seed_summary(records))
     md_path = args.results_dir / "pointcloud.md"
     text = markdown(records, meta)
     write_text_atomic(md_path, text)
