@@ -10,27 +10,15 @@ Measured for the Fisher-weighted loss (docs/METHOD-NOTES.md, "Fisher-weighted re
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-
-from aiqvit_vision import tasks
+from dev_probe import float_probe_inputs, float_probe_parser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="vit_s14_fmnist")
-    p.add_argument("--images", type=int, default=16)
+    p = float_probe_parser(__doc__, images=16)
     p.add_argument("--top", type=int, default=5)
-    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = tasks.get_task(args.task)
-    train = task.dataset("train")
-    model = task.build().eval()
-    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.images].tolist()
-    images = torch.stack([train[i][0] for i in index])
+    model, images = float_probe_inputs(args)
     outputs: list[torch.Tensor] = []
     hooks = [block.register_forward_hook(lambda m, a, out: outputs.append(out.detach())) for block in model.blocks]
     with torch.no_grad():

@@ -44,6 +44,26 @@ def probe_parser(description: str, dev_size: int) -> argparse.ArgumentParser:
     return p
 
 
+def float_probe_parser(description: str, images: int) -> argparse.ArgumentParser:
+    """The options of the float-model probes (task, how many train images, threads)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="vit_s14_fmnist")
+    p.add_argument("--images", type=int, default=images)
+    p.add_argument("--threads", type=int, default=None)
+    return p
+
+
+def float_probe_inputs(args) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The task's float model and ``args.images`` seeded TRAIN images of it, stacked."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = tasks.get_task(args.task)
+    train = task.dataset("train")
+    model = task.build().eval()
+    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.images].tolist()
+    return model, torch.stack([train[i][0] for i in index])
+
+
 def held_out_setup(args):
     """``(train, dev, float model, its dev predictions, dev labels)``; ``dev`` is the tail of the seeded
     permutation that draws calibration images and the head's training subset."""

@@ -9,26 +9,13 @@ class token only, its grid matters most. Float model, TRAIN images, no quantizat
 
 from __future__ import annotations
 
-import argparse
-
 import torch
-
-from aiqvit_vision import tasks
+from dev_probe import float_probe_inputs, float_probe_parser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="vit_s14_fmnist")
-    p.add_argument("--images", type=int, default=32)
-    p.add_argument("--threads", type=int, default=None)
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    task = tasks.get_task(args.task)
-    train = task.dataset("train")
-    model = task.build().eval()
-    index = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.images].tolist()
-    images = torch.stack([train[i][0] for i in index])
+    args = float_probe_parser(__doc__, images=32).parse_args()
+    model, images = float_probe_inputs(args)
     rows: dict[str, tuple[float, float]] = {}
     handles = []
     for i, block in enumerate(model.blocks):
