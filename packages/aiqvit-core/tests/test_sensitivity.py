@@ -147,3 +147,16 @@ def test_fisher_maps_refuse_units_whose_output_shape_varies():
     x = torch.randn(2, 3, 4)
     with pytest.raises(aiqvit.AdapterError, match="do not match"):
         build_unit_data([[(x,), {}, None]], [[(x,), {}, torch.randn(2, 3, 6)]], weight=torch.ones(1, 5, 6))
+
+
+def test_fisher_maps_of_a_frozen_model_equal_those_of_a_trainable_one():
+    """With every parameter frozen nothing requires grad: the first unit's output becomes the leaf."""
+    torch.manual_seed(0)
+    model = ToyViT(num_classes=3).eval()
+    batches = list(torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(2)).split(2))
+    units = [("blocks.0", model.blocks[0]), ("blocks.1", model.blocks[1])]
+    trainable = fisher_maps(model, ToyAdapter(), units, batches, 2, torch.Generator().manual_seed(0))
+    model.requires_grad_(False)
+    frozen = fisher_maps(model, ToyAdapter(), units, batches, 2, torch.Generator().manual_seed(0))
+    for name, _ in units:
+        assert torch.allclose(trainable[name], frozen[name], rtol=1e-5, atol=1e-12)

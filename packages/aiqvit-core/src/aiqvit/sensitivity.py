@@ -57,7 +57,7 @@ def _batch_squared_grads(model, adapter, units, batch, samples, generator) -> di
             if not z.requires_grad:  # the first unit: nothing before it is differentiated
                 leaf = z.detach().requires_grad_(True)
                 outputs[name] = leaf
-                return _replacefirst_tensor(output, leaf)
+                return _replace_first_tensor(output, leaf)
             outputs[name] = z
             return None
         return hook
@@ -90,14 +90,14 @@ def _batch_squared_grads(model, adapter, units, batch, samples, generator) -> di
     return {name: g.detach() for name, g in g2.items()}
 
 
-def _replacefirst_tensor(output, new: torch.Tensor):
+def _replace_first_tensor(output, new: torch.Tensor):
     if isinstance(output, torch.Tensor):
         return new
     if isinstance(output, (list, tuple)):
         items, done = [], False
         for o in output:
             if not done and first_tensor(o) is not None:
-                items.append(_replacefirst_tensor(o, new))
+                items.append(_replace_first_tensor(o, new))
                 done = True
             else:
                 items.append(o)
@@ -106,7 +106,7 @@ def _replacefirst_tensor(output, new: torch.Tensor):
         out, done = {}, False
         for k, o in output.items():
             if not done and first_tensor(o) is not None:
-                out[k] = _replacefirst_tensor(o, new)
+                out[k] = _replace_first_tensor(o, new)
                 done = True
             else:
                 out[k] = o
