@@ -87,7 +87,7 @@ def _batch_squared_grads(model, adapter, units, batch, samples, generator) -> di
     finally:
         for h in handles:
             h.remove()
-    return {name: g.detach() for name, g in g2.items()}
+    return g2
 
 
 def _replace_first_tensor(output, new: torch.Tensor):
