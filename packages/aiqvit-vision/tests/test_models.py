@@ -97,3 +97,13 @@ def test_recipe_reconstructs_longer_at_3_bits():
     assert build_config("aiqvit", 3, 3, fast, 0, parse_overrides(["reconstruction.iters=64"])).reconstruction.iters == 64
     assert "(384 at <= 3 bits)" in fast.describe() and "+ 128 reconstruction" in fast.describe(4, 4)
     assert get_recipe("paper").recon_iters_for(3, 3) == get_recipe("paper").recon_iters
+
+
+def test_fast_recipe_reconstructs_without_the_curriculum_paper_recipe_keeps_it():
+    fast, paper = get_recipe("fast"), get_recipe("paper")
+    assert all(not build_config(m, b, b, fast).reconstruction.curriculum for m in ("aiqvit", "brecq") for b in (3, 4, 6))
+    assert build_config("aiqvit", 4, 4, paper).reconstruction.curriculum is True
+    assert build_config("brecq", 4, 4, paper).reconstruction.curriculum is False  # brecq's preset has none
+    restored = build_config("aiqvit", 4, 4, fast, 0, parse_overrides(["reconstruction.curriculum=true"]))
+    assert restored.reconstruction.curriculum is True
+    assert fast.describe().endswith("no curriculum") and "curriculum" not in paper.describe()

@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="QuantConfig override, repeatable: lowrank=fixed, lowrank_rank=20, softmax_quantizer=log2, "
-                        "reconstruction.curriculum=false")
+                        "reconstruction.curriculum=true (the fast recipe turns it off)")
     q.add_argument("--output", "-o", help="output directory (default aiqvit-out/<model>-<method>-w<W>a<A>)")
     q.add_argument("--skip-fp-eval", action="store_true", help="do not evaluate the float model first")
     q.set_defaults(func=cmd_quantize)
