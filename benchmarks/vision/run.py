@@ -175,14 +175,18 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
                  f"`{r.name}` = {r.describe()}" for r in RECIPES.values()) + ".",
              "- Each setting runs in its own process: calibration seconds and peak RSS are that process's. "
              "Seconds are wall clock: a run that shared the 2 cores with another job (its command says "
-             "`--threads 1`) took longer than it would alone.", ""]
+             "`--threads 1`) took longer than it would alone.",
+             "- `commit`: the code each row's runs were made with (`-dirty`: the working tree had uncommitted "
+             "changes when the run started). Rows from an older commit than the method's own row measure an older "
+             "preset; `docs/METHOD-NOTES.md` says what changed between them.", ""]
     for task in sorted({r["task"] for r in records}):
         rows = [r for r in records if r["task"] == task and r["metric"] == "top1"]
         for rec in sorted({r["recipe"] for r in rows if r["recipe"] != "fp"} or {recipe}):
             sub = [r for r in rows if r["recipe"] in (rec, "fp")]
             fp = next((r["value"] for r in sub if r["method"] == "fp"), None)
             lines += [f"## {task} ({rec} recipe)", "", f"FP top-1: {_fmt(fp)}", "",
-                      "| method | W3/A3 | W4/A4 | W6/A6 | W4/A4 calib s | W4/A4 peak RSS MiB |", "|---|---|---|---|---|---|"]
+                      "| method | W3/A3 | W4/A4 | W6/A6 | W4/A4 calib s | W4/A4 peak RSS MiB | commit |",
+                      "|---|---|---|---|---|---|---|"]
             labels = [m for m in ALL_METHODS if any(r["method"] == m for r in sub)]
             labels += sorted({r["method"] for r in sub if "+" in r["method"]})
             for label in labels:
@@ -190,7 +194,8 @@ def markdown(records: list[dict], recipe: str, command: str, targets: list[tuple
                 w4 = by_bits.get(4)
                 lines.append(f"| {label} | " + " | ".join(_cell(by_bits[b]) if b in by_bits else "—"
                                                           for b in ALL_BITS)
-                             + f" | {w4['calib_seconds'] if w4 else '—'} | {w4['peak_rss_mb'] if w4 else '—'} |")
+                             + f" | {w4['calib_seconds'] if w4 else '—'} | {w4['peak_rss_mb'] if w4 else '—'} | "
+                             + ", ".join(sorted({r.get("git_commit") or "?" for r in by_bits.values()})) + " |")
             lines.append("")
     if targets:
         lines += ["## Targets (vit_s14_fmnist, fast recipe; printed, not asserted)", "",
