@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from aiqvit.config import AIQVIT_PAPER_SETTINGS
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "benchmarks/results"
 ALL_METHODS = ("minmax", "percentile", "repq", "brecq", "aiqvit")
@@ -41,10 +43,8 @@ ABLATIONS = {
     # the fast recipe reconstructs without the curriculum (aiqvit_vision.recipes); this restores the paper's
     "aiqvit+curriculum=on": {"reconstruction": {"curriculum": True}},
     # our additions to the paper (aiqvit.AIQVIT_PAPER_SETTINGS), together and one at a time
-    "aiqvit+paper-settings": {"channelwise_inputs": "post_ln", "reparam_strength": 1.0,
-                              "reconstruction": {"input_source": "fp", "curriculum": True}, "dfq_spacing": "uniform",
-                              "act_init": "minmax",
-                              "attention_balance": "off"},
+    "aiqvit+paper-settings": {**AIQVIT_PAPER_SETTINGS,
+                              "reconstruction": {**AIQVIT_PAPER_SETTINGS["reconstruction"], "curriculum": True}},
     "aiqvit+dfq_spacing=uniform": {"dfq_spacing": "uniform"},
     "aiqvit+act_init=minmax": {"act_init": "minmax"},
     "aiqvit+channelwise_inputs=post_ln": {"channelwise_inputs": "post_ln"},
