@@ -40,11 +40,14 @@ ABLATIONS = {
     "aiqvit+softmax=uniform": {"softmax_quantizer": "uniform"},
     "aiqvit+softmax=log2": {"softmax_quantizer": "log2"},
     "aiqvit+softmax=logsqrt2": {"softmax_quantizer": "logsqrt2"},
-    # the fast recipe reconstructs without the curriculum (aiqvit_vision.recipes); this restores the paper's
+    # the fast recipe reconstructs without the curriculum and learns aiqvit's input gains
+    # (aiqvit_vision.recipes); these restore the paper's curriculum and leave the gains out
     "aiqvit+curriculum=on": {"reconstruction": {"curriculum": True}},
+    "aiqvit+input_gain=off": {"reconstruction": {"lr_input_gain": 0.0}},
     # our additions to the paper (aiqvit.AIQVIT_PAPER_SETTINGS), together and one at a time
     "aiqvit+paper-settings": {**AIQVIT_PAPER_SETTINGS,
-                              "reconstruction": {**AIQVIT_PAPER_SETTINGS["reconstruction"], "curriculum": True}},
+                              "reconstruction": {**AIQVIT_PAPER_SETTINGS["reconstruction"], "curriculum": True,
+                                                 "lr_input_gain": 0.0}},
     "aiqvit+dfq_spacing=uniform": {"dfq_spacing": "uniform"},
     "aiqvit+act_init=minmax": {"act_init": "minmax"},
     "aiqvit+channelwise_inputs=post_ln": {"channelwise_inputs": "post_ln"},

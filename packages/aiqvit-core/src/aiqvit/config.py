@@ -48,6 +48,12 @@ class ReconstructionConfig:
     # (lr x std(W0)); folded into the bias at finalize. 0 = off, the paper (ours, docs/METHOD-NOTES.md,
     # "Bias correction")
     lr_bias: float = 0.0
+    # also learn a gain per input channel of every quantized Linear (its logarithm moves by about lr per
+    # step): the input quantizer sees ``x * g`` and the weight quantizer ``W / g``, so each channel's share
+    # of the activation and weight grids is learned, not only set by the reparameterization's calibrated
+    # ranges (OmniQuant's learnable equivalent transformation, scales only); folded into the input
+    # transform at finalize. 0 = off, the paper (ours, docs/METHOD-NOTES.md, "Learned input gains")
+    lr_input_gain: float = 0.0
     curriculum: bool = True
     lambda0: float = 0.5
     hardness_refresh: int = 50  # recompute per-sample loss every N iterations (OPEN in the paper)
@@ -214,6 +220,13 @@ class QuantConfig:
             raise AIQViTError(f"reconstruction.max_batches must be >= 0 (0 = all batches), got {self.reconstruction.max_batches}")
         if self.reconstruction.lr_bias < 0:
             raise AIQViTError(f"reconstruction.lr_bias must be >= 0 (0 = off), got {self.reconstruction.lr_bias}")
+        if self.reconstruction.lr_input_gain < 0:
+            raise AIQViTError("reconstruction.lr_input_gain must be >= 0 (0 = off), got "
+                              f"{self.reconstruction.lr_input_gain}")
+        if self.reconstruction.lr_input_gain > 0 and (self.reparam == "after" or self.weight_rounding != "nearest"):
+            raise AIQViTError("reconstruction.lr_input_gain moves the weights that the quantizer rounds: it needs "
+                              "reparam 'before' or 'off' and weight_rounding='nearest' (GPTQ and AdaRound fix the "
+                              "rounding of the weights without the gain)")
         if not 0.0 <= self.reconstruction.qdrop_prob < 1.0:
             raise AIQViTError(f"reconstruction.qdrop_prob must lie in [0, 1), got {self.reconstruction.qdrop_prob}")
         if self.reconstruction.network_iters < 0:

@@ -36,6 +36,10 @@ class _QuantLayer(nn.Module):
         # learned output shift of the quantized path only (reconstruction.lr_bias); the float path,
         # whose outputs are the reconstruction targets, keeps ``bias``. freeze() folds it into ``bias``.
         self.register_parameter("bias_correction", None)
+        # learned per-input-channel gain of the quantized path, as its logarithm (reconstruction.lr_input_gain):
+        # the input quantizer sees ``x * g``, the weight quantizer ``W / g``, so that with both off the
+        # output is unchanged. freeze() folds ``g`` into the input transform and the stored weight.
+        self.register_parameter("input_gain", None)
 
     def set_input_transform(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         self.input_scale = scale.clone()
@@ -53,6 +57,18 @@ class _QuantLayer(nn.Module):
         if self.bias_correction is None:
             self.bias_correction = nn.Parameter(torch.zeros(self.weight.shape[0], device=self.weight.device,
                                                             dtype=self.weight.dtype), requires_grad=False)
+
+    def enable_input_gain(self) -> None:
+        """Give the quantized path a trainable per-input-channel gain, starting at 1."""
+        if self.input_gain is None:
+            self.input_gain = nn.Parameter(torch.zeros(self._gain_channels(), device=self.weight.device,
+                                                       dtype=self.weight.dtype), requires_grad=False)
+
+    def _gain_channels(self) -> int:  # pragma: no cover - overridden
+        raise NotImplementedError(f"{type(self).__name__} has no learned input gain")
+
+    def _gain(self) -> torch.Tensor | None:
+        return None if self.input_gain is None else self.input_gain.exp()
 
     def quantized_bias(self) -> torch.Tensor | None:
         if self.bias_correction is None:
@@ -73,7 +89,8 @@ class _QuantLayer(nn.Module):
         w = self.merged_weight()
         if bool(self.weight_is_quantized):
             return w
-        return self.weight_quantizer(w)
+        gain = self._gain()
+        return self.weight_quantizer(w if gain is None else w / gain)
 
     @property
     def quant_active(self) -> bool:
@@ -83,7 +100,9 @@ class _QuantLayer(nn.Module):
     def _branch_output(self, x: torch.Tensor) -> torch.Tensor | None:
         if self.lowrank is None or self.branch_inside_quantizer:
             return None
-        return self._op(x, self.lowrank.delta(), None)
+        gain = self._gain()
+        delta = self.lowrank.delta()
+        return self._op(x, delta if gain is None else delta / gain, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_rotation is not None:
@@ -93,7 +112,8 @@ class _QuantLayer(nn.Module):
         if not self.quant_active and not bool(self.weight_is_quantized):
             # Quantization off: the original float layer, low-rank branch ignored.
             return self._op(x, self.weight, self.bias)
-        x = self.input_quantizer(x)
+        gain = self._gain()
+        x = self.input_quantizer(x if gain is None else x * gain)
         y = self._op(x, self.quantized_weight(), self.quantized_bias())
         extra = self._branch_output(x)
         return y if extra is None else y + extra
@@ -112,16 +132,32 @@ class _QuantLayer(nn.Module):
 
     @torch.no_grad()
     def freeze(self) -> None:
-        """Fold the branch (and the bias correction) and store the dequantized weight codes in ``weight``."""
+        """Fold the branch (and the bias correction and input gain) and store the dequantized weight codes in
+        ``weight``."""
         self.fold_lowrank()
         if self.bias_correction is not None:
             self.add_to_bias(self.bias_correction.detach())
             self.bias_correction = None
+        if self.input_gain is not None:
+            self._fold_input_gain()
         if not bool(self.weight_is_quantized):
             self.weight.data = self.weight_quantizer.dequantize(self.weight_quantizer.quantize(self.weight.data))
             self.weight_is_quantized.fill_(True)
             if getattr(self.weight_quantizer, "rounding_offset", None) is not None:
                 self.weight_quantizer.rounding_offset = None  # now in the stored codes
+
+    @torch.no_grad()
+    def _fold_input_gain(self) -> None:
+        """``x -> x * g`` joins the input transform (a norm's consumer gets one here) and ``W -> W / g`` the
+        float weight; the weight quantizer already holds the step sizes learned for ``W / g``."""
+        if bool(self.weight_is_quantized):
+            raise RuntimeError("cannot fold an input gain into weights that are already quantized")
+        gain = self.input_gain.detach().exp()
+        scale = gain if self.input_scale is None else self.input_scale * gain
+        shift = torch.zeros_like(gain) if self.input_shift is None else self.input_shift * gain
+        self.set_input_transform(scale, shift)
+        self.weight.data = self.weight.data / gain
+        self.input_gain = None
 
     def attach_lowrank(self, branch: LowRankBranch | RankSearchBranch, inside_quantizer: bool = True) -> None:
         self.lowrank = branch
@@ -138,6 +174,9 @@ class QuantLinear(_QuantLayer):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+    def _gain_channels(self) -> int:
+        return self.in_features
 
     def _op(self, x, weight, bias):
         return F.linear(x, weight, bias)

@@ -118,6 +118,8 @@ def prepare(model: nn.Module, config: QuantConfig, adapter: ModelAdapter | None 
         q.init_weight_quantizer()
         if config.reconstruct and config.reconstruction.lr_bias > 0:
             q.enable_bias_correction()
+        if config.reconstruct and config.reconstruction.lr_input_gain > 0 and isinstance(q, QuantLinear):
+            q.enable_input_gain()
         model.set_submodule(name, q)
         layer_names.append(name)
 

@@ -212,6 +212,8 @@ def _param_groups(unit: nn.Module, cfg: ReconstructionConfig, learn_weight_scale
                 add([wq.scale], cfg.lr_weight_scale * float(wq.scale.detach().abs().mean()))
             if cfg.lr_bias > 0 and m.bias_correction is not None:
                 add([m.bias_correction], cfg.lr_bias * float(m.weight.detach().std()))
+            if cfg.lr_input_gain > 0 and m.input_gain is not None:
+                add([m.input_gain], cfg.lr_input_gain)
     for _, m in unit.named_modules():
         if not isinstance(m, Quantizer) or not m.enabled or id(m) in weight_quantizers:
             continue

@@ -159,10 +159,13 @@ def load_quantized(model: nn.Module, path: str | Path, adapter: ModelAdapter | N
 
 def _restore_layer_structure(model: nn.Module, state: dict) -> None:
     """Reparameterization and input rotation can give a layer a bias, an input transform or a rotation
-    it had not: recreate them. A saved (finalized) model has its bias corrections folded into the biases."""
+    it had not: recreate them. A saved (finalized) model has its bias corrections folded into the biases
+    and its input gains into the input transforms."""
     for name, layer in quant_layers(model):
         if layer.bias_correction is not None and name + ".bias_correction" not in state:
             layer.bias_correction = None
+        if layer.input_gain is not None and name + ".input_gain" not in state:
+            layer.input_gain = None
         if layer.bias is None and name + ".bias" in state:
             layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]), requires_grad=False)
         if layer.input_scale is None and name + ".input_scale" in state:
