@@ -5,6 +5,7 @@ import torch
 
 import aiqvit
 from aiqvit import QuantConfig
+from aiqvit.prepare import quant_layers
 from aiqvit.quantizers import UniformQuantizer
 from aiqvit.toy import make_outlier_toy
 
@@ -72,3 +73,41 @@ def quantize_until_first_unit(config, calib_batches, checkpoint_dir):
     with pytest.raises(Interrupted):
         aiqvit.quantize(make_outlier_toy(seed=0), calib_batches, config, checkpoint_dir=checkpoint_dir,
                         progress_bar=False, on_unit_done=stop)
+
+
+def first_unit_parameter_and_float_error(config, calib_batches, test_inputs, attr):
+    """Calibrate ``make_outlier_toy(seed=0)`` with ``config`` until its first unit is done; return the largest
+    ``|layer.<attr>|`` over that unit's quantized layers and how far the model with quantization off then is
+    from the float model (a learned quantized-path parameter must not move the later units' float targets)."""
+    expected_model = make_outlier_toy(seed=0)
+    with torch.no_grad():
+        expected = expected_model(test_inputs)
+    model = make_outlier_toy(seed=0)
+    seen = {}
+
+    def check_first_unit(name, index):
+        unit = model.get_submodule(name)
+        seen["max_param"] = max(float(getattr(layer, attr).abs().max()) for _, layer in quant_layers(unit))
+        with aiqvit.quantization_disabled(model), torch.no_grad():
+            seen["float_error"] = float((model(test_inputs) - expected).abs().max())
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        aiqvit.quantize(model, calib_batches, config, progress_bar=False, on_unit_done=check_first_unit)
+    return seen["max_param"], seen["float_error"]
+
+
+def check_folded_at_finalize_and_reloaded(config, calib_batches, test_inputs, tmp_path, attr):
+    """A full calibration with ``config`` leaves no ``layer.<attr>`` behind, differs from the plain preset,
+    and its saved model reloads into a fresh one with the same outputs."""
+    model = make_outlier_toy(seed=0)
+    aiqvit.quantize(model, calib_batches, config, progress_bar=False)
+    assert all(getattr(layer, attr) is None for _, layer in quant_layers(model))
+    plain = make_outlier_toy(seed=0)
+    aiqvit.quantize(plain, calib_batches, fast_config("aiqvit"), progress_bar=False)
+    with torch.no_grad():
+        assert not torch.equal(model(test_inputs), plain(test_inputs))
+    aiqvit.save_quantized(model, tmp_path / "q")
+    loaded = aiqvit.load_quantized(make_outlier_toy(seed=1), tmp_path / "q")
+    with torch.no_grad():
+        assert torch.equal(loaded(test_inputs), model(test_inputs))

@@ -2,7 +2,12 @@
 
 import pytest
 import torch
-from conftest import Interrupted, fast_config, quantize_until_first_unit
+from conftest import (
+    check_folded_at_finalize_and_reloaded,
+    fast_config,
+    first_unit_parameter_and_float_error,
+    quantize_until_first_unit,
+)
 
 import aiqvit
 from aiqvit.prepare import quant_layers
@@ -24,37 +29,14 @@ def test_off_by_default_adds_nothing_to_the_state():
 def test_correction_is_learned_without_moving_the_float_targets(calib_batches, test_inputs):
     """After the first unit, its corrections are non-zero, yet the model with quantization off is still
     the float model: later units reconstruct against the true float outputs."""
-    ref = make_outlier_toy(seed=0)
-    with torch.no_grad():
-        expected = ref(test_inputs)
-    model = make_outlier_toy(seed=0)
-    seen = {}
-
-    def check_first_unit(name, index):
-        unit = model.get_submodule(name)
-        seen["max_correction"] = max(float(layer.bias_correction.abs().max()) for _, layer in quant_layers(unit))
-        with aiqvit.quantization_disabled(model), torch.no_grad():
-            seen["float_error"] = float((model(test_inputs) - expected).abs().max())
-        raise Interrupted
-
-    with pytest.raises(Interrupted):
-        aiqvit.quantize(model, calib_batches, bias_config(), progress_bar=False, on_unit_done=check_first_unit)
-    assert seen["max_correction"] > 0
-    assert seen["float_error"] < 1e-5
+    max_correction, float_error = first_unit_parameter_and_float_error(bias_config(), calib_batches, test_inputs,
+                                                                      "bias_correction")
+    assert max_correction > 0
+    assert float_error < 1e-5
 
 
 def test_finalize_folds_the_correction_into_the_bias(calib_batches, test_inputs, tmp_path):
-    model = make_outlier_toy(seed=0)
-    aiqvit.quantize(model, calib_batches, bias_config(), progress_bar=False)
-    assert all(layer.bias_correction is None for _, layer in quant_layers(model))
-    plain = make_outlier_toy(seed=0)
-    aiqvit.quantize(plain, calib_batches, fast_config("aiqvit"), progress_bar=False)
-    with torch.no_grad():
-        assert not torch.equal(model(test_inputs), plain(test_inputs))
-    aiqvit.save_quantized(model, tmp_path / "q")
-    loaded = aiqvit.load_quantized(make_outlier_toy(seed=1), tmp_path / "q")
-    with torch.no_grad():
-        assert torch.equal(loaded(test_inputs), model(test_inputs))
+    check_folded_at_finalize_and_reloaded(bias_config(), calib_batches, test_inputs, tmp_path, "bias_correction")
 
 
 def test_fold_keeps_the_quantized_output():

@@ -3,7 +3,12 @@ the input quantizer, ``W / g`` into the weight quantizer), folded into the input
 
 import pytest
 import torch
-from conftest import Interrupted, fast_config, quantize_until_first_unit
+from conftest import (
+    check_folded_at_finalize_and_reloaded,
+    fast_config,
+    first_unit_parameter_and_float_error,
+    quantize_until_first_unit,
+)
 
 import aiqvit
 from aiqvit.prepare import quant_layers
@@ -66,37 +71,14 @@ def test_fold_keeps_the_quantized_output(with_transform):
 
 
 def test_gains_are_learned_without_moving_the_float_targets(calib_batches, test_inputs):
-    ref = make_outlier_toy(seed=0)
-    with torch.no_grad():
-        expected = ref(test_inputs)
-    model = make_outlier_toy(seed=0)
-    seen = {}
-
-    def check_first_unit(name, index):
-        unit = model.get_submodule(name)
-        seen["max_log_gain"] = max(float(layer.input_gain.abs().max()) for _, layer in quant_layers(unit))
-        with aiqvit.quantization_disabled(model), torch.no_grad():
-            seen["float_error"] = float((model(test_inputs) - expected).abs().max())
-        raise Interrupted
-
-    with pytest.raises(Interrupted):
-        aiqvit.quantize(model, calib_batches, gain_config(), progress_bar=False, on_unit_done=check_first_unit)
-    assert seen["max_log_gain"] > 0
-    assert seen["float_error"] < 1e-5
+    max_log_gain, float_error = first_unit_parameter_and_float_error(gain_config(), calib_batches, test_inputs,
+                                                                    "input_gain")
+    assert max_log_gain > 0
+    assert float_error < 1e-5
 
 
 def test_finalize_folds_the_gains_and_the_saved_model_reloads(calib_batches, test_inputs, tmp_path):
-    model = make_outlier_toy(seed=0)
-    aiqvit.quantize(model, calib_batches, gain_config(), progress_bar=False)
-    assert all(layer.input_gain is None for _, layer in quant_layers(model))
-    plain = make_outlier_toy(seed=0)
-    aiqvit.quantize(plain, calib_batches, fast_config("aiqvit"), progress_bar=False)
-    with torch.no_grad():
-        assert not torch.equal(model(test_inputs), plain(test_inputs))
-    aiqvit.save_quantized(model, tmp_path / "q")
-    loaded = aiqvit.load_quantized(make_outlier_toy(seed=1), tmp_path / "q")
-    with torch.no_grad():
-        assert torch.equal(loaded(test_inputs), model(test_inputs))
+    check_folded_at_finalize_and_reloaded(gain_config(), calib_batches, test_inputs, tmp_path, "input_gain")
 
 
 def test_resume_keeps_the_gains(tmp_path, calib_batches, test_inputs):
