@@ -33,7 +33,13 @@ from aiqvit.io_utils import BenchmarkRecord, git_commit, mean_over_seeds, merge_
 
 from aiqvit_pointcloud import PointTransformerAdapter, PointTransformerLayer, calibration_batches, evaluate
 from aiqvit_pointcloud.data.synthetic import load_synthetic
-from aiqvit_pointcloud.recipes import LOW_BIT_RECONSTRUCTION, RECIPES, quant_config
+from aiqvit_pointcloud.recipes import (
+    AIQVIT_INPUT_GAIN_LR,
+    AIQVIT_INPUT_GAIN_MIN_BITS,
+    LOW_BIT_RECONSTRUCTION,
+    RECIPES,
+    quant_config,
+)
 from aiqvit_pointcloud.weights import cached_checkpoint_path, find_checkpoint, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -301,6 +307,13 @@ def _low_bit_budget(recipe: str) -> str:
     return "".join(f"; at <= {bits} bits: {fields}" for bits, fields in LOW_BIT_RECONSTRUCTION.get(recipe, ()))
 
 
+def _input_gains(recipe: str) -> str:
+    if recipe == "paper":
+        return ""
+    return (f"; aiqvit at >= {AIQVIT_INPUT_GAIN_MIN_BITS} bits also learns input gains "
+            f"(reconstruction.lr_input_gain={AIQVIT_INPUT_GAIN_LR:g})")
+
+
 def protocol(args, last_run: str, seeds: str) -> dict:
     cmd = "python benchmarks/pointcloud/run.py" + (" --smoke" if args.smoke else "") + \
         ("" if args.recipe == "default" or args.smoke else f" --recipe {args.recipe}")
@@ -317,7 +330,7 @@ def protocol(args, last_run: str, seeds: str) -> dict:
             "quantized": "every Linear (weights per channel, inputs per tensor), vector-attention query/key "
                          "operands, post-Softmax weights and aggregated values; BatchNorm stays float",
             "recipe": f"`{args.recipe}`: {RECIPES[args.recipe]}{_low_bit_budget(args.recipe)} "
-                      "(brecq and aiqvit; minmax and repq do not train)",
+                      f"(brecq and aiqvit; minmax and repq do not train){_input_gains(args.recipe)}",
             "last run": last_run}
 
 

@@ -49,3 +49,15 @@ def test_default_recipe_reconstructs_longer_at_3_bits():
     assert quant_config("aiqvit", 3, 3, "default", **{"reconstruction.iters": 9}).reconstruction.iters == 9
     assert quant_config("aiqvit", 3, 3, "default").reconstruction.max_batches == 4  # the rest of the recipe stays
     assert quant_config("aiqvit", 3, 3, "fast").reconstruction.iters == 10
+
+
+def test_aiqvit_learns_input_gains_at_4_bits_and_above_outside_the_paper_recipe():
+    gain = {(m, b, r): quant_config(m, b, b, r).reconstruction.lr_input_gain
+            for m in ("aiqvit", "brecq", "repq") for b in (3, 4, 6) for r in ("default", "fast", "paper")}
+    assert {k for k, v in gain.items() if v > 0} == {("aiqvit", b, r) for b in (4, 6) for r in ("default", "fast")}
+    assert quant_config("aiqvit", 4, 3).reconstruction.lr_input_gain == 0  # the lower bit-width decides
+    assert quant_config("aiqvit", 4, 4, **{"reconstruction.lr_input_gain": 0}).reconstruction.lr_input_gain == 0
+    assert quant_config("aiqvit", 3, 3, reconstruction={"lr_input_gain": 0.01}).reconstruction.lr_input_gain == 0.01
+    # incompatible user choices drop the recipe's gains instead of failing validation
+    for override in ({"weight_rounding": "adaround"}, {"weight_rounding": "gptq"}, {"reparam": "after"}):
+        assert quant_config("aiqvit", 4, 4, **override).reconstruction.lr_input_gain == 0

@@ -25,7 +25,7 @@ from .models import (
 )
 from .weights import load_checkpoint, pretrained, save_checkpoint
 
-__version__ = "0.2.1"
+__version__ = "0.3.0"
 
 __all__ = [
     "PRIMARY_METRIC", "DatasetFormatError", "PointCloudDataset", "PointTransformerAdapter", "PointTransformerBlock",

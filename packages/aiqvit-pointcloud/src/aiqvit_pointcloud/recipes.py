@@ -38,12 +38,20 @@ RECONSTRUCTING = ("brecq", "aiqvit")
 # (W4/A4, 64 calibration shapes, recipe fast, 96 test shapes): aiqvit OA 95.83 -> 97.92 (cls),
 # instance mIoU 75.21 -> 79.63 (partseg); brecq 94.79 -> 96.88, 68.24 -> 78.13.
 POINTCLOUD_OVERRIDES = {"act_init": "percentile"}
+# aiqvit also learns a gain per input channel of every Linear (``reconstruction.lr_input_gain``, core 0.3.3)
+# when the lower of its bit-widths is at least this; brecq cannot (AdaRound rounds the weights the gains
+# would move). On 600 held-out objects (docs/METHOD-NOTES.md, "Learned input gains"): partseg W6/A6 +0.11
+# instance mIoU (three seeds, each ahead), W4/A4 +0.05; cls W4/A4 +0.58 OA (two seeds), W6/A6 equal;
+# cls W3/A3 -0.25 (two seeds, one each way), so not at 3 bits.
+AIQVIT_INPUT_GAIN_LR = 0.03
+AIQVIT_INPUT_GAIN_MIN_BITS = 4
 
 
 def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default", seed: int = 0,
                  **overrides) -> QuantConfig:
     """The preset of ``method`` at ``w_bits``/``a_bits`` with the budget of ``recipe`` (and, for brecq and
-    aiqvit, :data:`POINTCLOUD_OVERRIDES`). ``overrides`` set config fields and win over the recipe; dotted
+    aiqvit, :data:`POINTCLOUD_OVERRIDES`; for aiqvit outside the ``paper`` recipe, learned input gains at
+    :data:`AIQVIT_INPUT_GAIN_MIN_BITS` bits and above). ``overrides`` set config fields and win over the recipe; dotted
     keys reach the nested configs (``{"reconstruction.iters": 100}``), as in ``QuantConfig.for_method``."""
     if recipe not in RECIPES:
         raise AIQViTError(f"unknown recipe {recipe!r}; choose from {sorted(RECIPES)}")
@@ -56,9 +64,16 @@ def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default",
                 budget["reconstruction"].update(low_bit)
                 break
         fields.update({f"{group}.{name}": value for group, values in budget.items() for name, value in values.items()})
+    user: dict = {}
     for key, value in overrides.items():
         if key in ("reconstruction", "search") and isinstance(value, dict):
-            fields.update({f"{key}.{name}": v for name, v in value.items()})
+            user.update({f"{key}.{name}": v for name, v in value.items()})
         else:
-            fields[key] = value
+            user[key] = value
+    fields.update(user)
+    if (method == "aiqvit" and recipe != "paper" and min(w_bits, a_bits) >= AIQVIT_INPUT_GAIN_MIN_BITS
+            and "reconstruction.lr_input_gain" not in user
+            # the gains move the weights before rounding: not with learned or Hessian-aware rounding
+            and user.get("weight_rounding", "nearest") == "nearest" and user.get("reparam") != "after"):
+        fields["reconstruction.lr_input_gain"] = AIQVIT_INPUT_GAIN_LR
     return QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **fields)
