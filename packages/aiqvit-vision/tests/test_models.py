@@ -101,15 +101,15 @@ def test_recipe_reconstructs_longer_at_3_bits():
 
 def test_fast_recipe_learns_input_gains_for_aiqvit_only():
     fast, paper = get_recipe("fast"), get_recipe("paper")
-    assert all(build_config("aiqvit", b, b, fast).reconstruction.lr_input_gain == 0.03 for b in (3, 4))
-    assert build_config("aiqvit", 6, 6, fast).reconstruction.lr_input_gain == 0.0
+    assert build_config("aiqvit", 4, 4, fast).reconstruction.lr_input_gain == 0.03
+    assert all(build_config("aiqvit", b, b, fast).reconstruction.lr_input_gain == 0.0 for b in (3, 6))
     assert build_config("aiqvit", 6, 4, fast).reconstruction.lr_input_gain == 0.03  # the lower bit-width decides
     assert build_config("brecq", 4, 4, fast).reconstruction.lr_input_gain == 0.0
     assert build_config("aiqvit", 4, 4, paper).reconstruction.lr_input_gain == 0.0
     off = build_config("aiqvit", 4, 4, fast, 0, parse_overrides(["reconstruction.lr_input_gain=0"]))
     assert off.reconstruction.lr_input_gain == 0.0
-    assert "input gains at <= 4 bits" in fast.describe() and "input gains" not in paper.describe()
-    assert "input gains" in fast.describe(4, 4) and "input gains" not in fast.describe(6, 6)
+    assert "input gains at 4 bits" in fast.describe() and "input gains" not in paper.describe()
+    assert "input gains" in fast.describe(4, 4) and "input gains" not in fast.describe(6, 6) + fast.describe(3, 3)
 
 
 def test_fast_recipe_reconstructs_without_the_curriculum_paper_recipe_keeps_it():

@@ -7,7 +7,7 @@ from .adapters import SwinAdapter, ViTAdapter
 from .attention import QuantAttention, QuantWindowAttention
 from .models import UnknownModelError, create_model, load_state_dict_strict, read_state_dict
 
-__version__ = "0.4.0"
+__version__ = "0.4.1"
 
 __all__ = ["QuantAttention", "QuantWindowAttention", "SwinAdapter", "UnknownModelError", "ViTAdapter",
            "create_model", "load_state_dict_strict", "read_state_dict"]

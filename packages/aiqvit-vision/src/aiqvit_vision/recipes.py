@@ -10,10 +10,11 @@
   (every calibration sample from the first iteration): with 128-384 iterations per unit the paper's
   schedule spends most steps on the samples that are already easy, and on held-out train images turning it
   off gained at every bit-width, over two seeds each (docs/METHOD-NOTES.md, "The curriculum at the fast
-  budget"). The ``paper`` recipe keeps it. At 4 bits and below, ``aiqvit`` also learns a gain per input
-  channel of every Linear (``reconstruction.lr_input_gain=0.03``): on held-out train images that gained 0.9
-  top-1 and 0.9 points of agreement with the float model at W4/A4 over four seeds, tied at W3/A3 and lost at
-  W6/A6 (docs/METHOD-NOTES.md, "Learned input gains"). The core's ``aiqvit`` preset leaves it off.
+  budget"). The ``paper`` recipe keeps it. At 4 bits, ``aiqvit`` also learns a gain per input channel of
+  every Linear (``reconstruction.lr_input_gain=0.03``): on held-out train images that gained 0.9 top-1 and
+  0.9 points of agreement with the float model at W4/A4 over four seeds, and lost at W3/A3 (-1.2 top-1 over
+  three seeds) and W6/A6 (docs/METHOD-NOTES.md, "Learned input gains"). The core's ``aiqvit`` preset leaves
+  it off.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ class Recipe:
     # method's preset as it is (aiqvit's curriculum on, brecq's off)
     curriculum: bool = True
     # aiqvit only: learn a gain per input channel of every Linear during reconstruction at this rate
-    # (``reconstruction.lr_input_gain``) when the lower of the weight and activation bit-widths is at most
+    # (``reconstruction.lr_input_gain``) when the lower of the weight and activation bit-widths is one of
     # ``aiqvit_input_gain_bits``; 0 leaves the preset's (off)
     aiqvit_input_gain_lr: float = 0.0
-    aiqvit_input_gain_bits: int = 4
+    aiqvit_input_gain_bits: tuple[int, ...] = (4,)
 
     def input_gain_lr_for(self, method: str, w_bits: int, a_bits: int) -> float | None:
         """The ``reconstruction.lr_input_gain`` this recipe sets, or None where it leaves the preset's."""
-        if method != "aiqvit" or not self.aiqvit_input_gain_lr or min(w_bits, a_bits) > self.aiqvit_input_gain_bits:
+        if method != "aiqvit" or not self.aiqvit_input_gain_lr or min(w_bits, a_bits) not in self.aiqvit_input_gain_bits:
             return None
         return self.aiqvit_input_gain_lr
 
@@ -74,7 +75,8 @@ class Recipe:
         if not self.aiqvit_input_gain_lr:
             return ""
         if w_bits is None:
-            return f", aiqvit input gains at <= {self.aiqvit_input_gain_bits} bits (lr {self.aiqvit_input_gain_lr:g})"
+            bits = "/".join(str(b) for b in sorted(self.aiqvit_input_gain_bits))
+            return f", aiqvit input gains at {bits} bits (lr {self.aiqvit_input_gain_lr:g})"
         if self.input_gain_lr_for("aiqvit", w_bits, a_bits if a_bits is not None else w_bits) is None:
             return ""
         return f", aiqvit input gains (lr {self.aiqvit_input_gain_lr:g})"
