@@ -58,6 +58,10 @@ def test_aiqvit_learns_input_gains_at_4_bits_and_above_outside_the_paper_recipe(
     assert quant_config("aiqvit", 4, 3).reconstruction.lr_input_gain == 0  # the lower bit-width decides
     assert quant_config("aiqvit", 4, 4, **{"reconstruction.lr_input_gain": 0}).reconstruction.lr_input_gain == 0
     assert quant_config("aiqvit", 3, 3, reconstruction={"lr_input_gain": 0.01}).reconstruction.lr_input_gain == 0.01
-    # incompatible user choices drop the recipe's gains instead of failing validation
+    # rounding that the gains would move under: the core's validation names the conflict; turning the gains off
+    # resolves it, as with aiqvit_vision's recipe
     for override in ({"weight_rounding": "adaround"}, {"weight_rounding": "gptq"}, {"reparam": "after"}):
-        assert quant_config("aiqvit", 4, 4, **override).reconstruction.lr_input_gain == 0
+        with pytest.raises(AIQViTError, match="lr_input_gain"):
+            quant_config("aiqvit", 4, 4, **override)
+        off = quant_config("aiqvit", 4, 4, **override, **{"reconstruction.lr_input_gain": 0})
+        assert off.reconstruction.lr_input_gain == 0

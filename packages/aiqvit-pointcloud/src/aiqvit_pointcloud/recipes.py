@@ -64,16 +64,11 @@ def quant_config(method: str, w_bits: int, a_bits: int, recipe: str = "default",
                 budget["reconstruction"].update(low_bit)
                 break
         fields.update({f"{group}.{name}": value for group, values in budget.items() for name, value in values.items()})
-    user: dict = {}
+    if method == "aiqvit" and recipe != "paper" and min(w_bits, a_bits) >= AIQVIT_INPUT_GAIN_MIN_BITS:
+        fields["reconstruction.lr_input_gain"] = AIQVIT_INPUT_GAIN_LR
     for key, value in overrides.items():
         if key in ("reconstruction", "search") and isinstance(value, dict):
-            user.update({f"{key}.{name}": v for name, v in value.items()})
+            fields.update({f"{key}.{name}": v for name, v in value.items()})
         else:
-            user[key] = value
-    fields.update(user)
-    if (method == "aiqvit" and recipe != "paper" and min(w_bits, a_bits) >= AIQVIT_INPUT_GAIN_MIN_BITS
-            and "reconstruction.lr_input_gain" not in user
-            # the gains move the weights before rounding: not with learned or Hessian-aware rounding
-            and user.get("weight_rounding", "nearest") == "nearest" and user.get("reparam") != "after"):
-        fields["reconstruction.lr_input_gain"] = AIQVIT_INPUT_GAIN_LR
+            fields[key] = value
     return QuantConfig.for_method(method, w_bits, a_bits, seed=seed, **fields)
