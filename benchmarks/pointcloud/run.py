@@ -33,13 +33,7 @@ from aiqvit.io_utils import BenchmarkRecord, git_commit, mean_over_seeds, merge_
 
 from aiqvit_pointcloud import PointTransformerAdapter, PointTransformerLayer, calibration_batches, evaluate
 from aiqvit_pointcloud.data.synthetic import load_synthetic
-from aiqvit_pointcloud.recipes import (
-    AIQVIT_INPUT_GAIN_LR,
-    AIQVIT_INPUT_GAIN_MIN_BITS,
-    LOW_BIT_RECONSTRUCTION,
-    RECIPES,
-    quant_config,
-)
+from aiqvit_pointcloud.recipes import LOW_BIT_RECONSTRUCTION, RECIPES, quant_config
 from aiqvit_pointcloud.weights import cached_checkpoint_path, find_checkpoint, load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -308,10 +302,13 @@ def _low_bit_budget(recipe: str) -> str:
 
 
 def _input_gains(recipe: str) -> str:
-    if recipe == "paper":
+    """``"; aiqvit at 4/6 bits also learns input gains (...)"``, read from the configs ``quant_config`` builds."""
+    rates = {b: quant_config("aiqvit", b, b, recipe).reconstruction.lr_input_gain for b in BITS}
+    bits = [b for b, lr in rates.items() if lr > 0]
+    if not bits:
         return ""
-    return (f"; aiqvit at >= {AIQVIT_INPUT_GAIN_MIN_BITS} bits also learns input gains "
-            f"(reconstruction.lr_input_gain={AIQVIT_INPUT_GAIN_LR:g})")
+    return (f"; aiqvit at {'/'.join(map(str, bits))} bits also learns input gains "
+            f"(reconstruction.lr_input_gain={rates[bits[0]]:g})")
 
 
 def protocol(args, last_run: str, seeds: str) -> dict:
